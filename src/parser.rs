@@ -1,0 +1,1 @@
+//! Helpers for line-oriented DSLs.
