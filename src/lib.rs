@@ -3,12 +3,8 @@
 //!
 //! The crate keeps the public API of upstream `metalor` 0.3.2 (`parser`,
 //! `runtime` and the crate-root re-exports) and adds typed layers beside it.
-#![forbid(unsafe_code)]
+// Unsafe code is confined to the `sys` module, which opts back in.
+#![deny(unsafe_code)]
 
 pub mod parser;
 pub mod runtime;
-
-pub use parser::{
-    interpolate_braced_variables, parse_exec_array, significant_lines, valid_identifier,
-    SignificantLine,
-};
