@@ -201,7 +201,10 @@ fn workspace_seed_uses_external_tagging() {
     ];
     for (seed, value) in cases {
         assert_eq!(serde_json::to_value(&seed).unwrap(), value);
-        assert_eq!(serde_json::from_value::<WorkspaceSeed>(value).unwrap(), seed);
+        assert_eq!(
+            serde_json::from_value::<WorkspaceSeed>(value).unwrap(),
+            seed
+        );
     }
 }
 
@@ -226,7 +229,10 @@ fn network_policy_uses_exact_variant_names() {
         assert_eq!(serde_json::from_str::<NetworkPolicy>(text).unwrap(), policy);
     }
     for wrong in ["\"enabled\"", "\"DISABLED\"", "\"Off\"", "true"] {
-        assert!(serde_json::from_str::<NetworkPolicy>(wrong).is_err(), "{wrong}");
+        assert!(
+            serde_json::from_str::<NetworkPolicy>(wrong).is_err(),
+            "{wrong}"
+        );
     }
 }
 
@@ -465,7 +471,10 @@ fn write_reports_a_request_path_that_cannot_be_written() {
     let error = write_build_cell_request(dir.path(), &minimal_spec()).unwrap_err();
     assert_eq!(
         error.to_string(),
-        format!("failed to write build cell request {}", dir.path().display())
+        format!(
+            "failed to write build cell request {}",
+            dir.path().display()
+        )
     );
 }
 
@@ -483,7 +492,10 @@ fn write_reports_a_spec_that_cannot_be_serialized() {
     };
     let error = write_build_cell_request(&path, &spec).unwrap_err();
     assert_eq!(error.to_string(), "failed to serialize build cell request");
-    assert!(!path.exists(), "nothing is written when serialization fails");
+    assert!(
+        !path.exists(),
+        "nothing is written when serialization fails"
+    );
 }
 
 #[test]
@@ -495,7 +507,10 @@ fn read_reports_a_missing_file() {
         error.to_string(),
         format!("failed to read build cell request {}", path.display())
     );
-    assert!(error.source().is_some(), "the io error is kept as the cause");
+    assert!(
+        error.source().is_some(),
+        "the io error is kept as the cause"
+    );
 }
 
 #[test]
@@ -528,4 +543,53 @@ fn read_rejects_a_wrongly_cased_enum() {
     fs::write(&path, text).unwrap();
     let error = read_build_cell_request(&path).unwrap_err();
     assert!(format!("{error:#}").contains("enabled"), "{error:#}");
+}
+
+// ---- public paths and signatures -------------------------------------------
+
+#[test]
+fn items_are_reachable_from_runtime_with_upstream_signatures() {
+    // Upstream callers coerce these functions to fn pointers, so the exact
+    // parameter and error types are part of the contract.
+    let write: fn(&Path, &metalor::runtime::BuildCellSpec) -> anyhow::Result<()> =
+        metalor::runtime::write_build_cell_request;
+    let read: fn(&Path) -> anyhow::Result<metalor::runtime::BuildCellSpec> =
+        metalor::runtime::read_build_cell_request;
+    let request_path: fn(&Path) -> PathBuf = metalor::runtime::build_cell_request_path;
+    let caps: fn() -> metalor::runtime::BackendCaps = metalor::runtime::backend_caps;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = request_path(dir.path());
+    write(&path, &minimal_spec()).unwrap();
+    assert_eq!(read(&path).unwrap(), minimal_spec());
+    assert_eq!(caps(), backend_caps());
+
+    // The crate-root items are the runtime items, not look-alikes: these
+    // bindings compile only if the types are identical.
+    let spec: metalor::runtime::BuildCellSpec = full_snapshot_spec();
+    let seed: &metalor::runtime::WorkspaceSeed = &spec.workspace_seed;
+    let imports: &[metalor::runtime::ImportSpec] = &spec.imports;
+    let caches: &[metalor::runtime::CacheSpec] = &spec.caches;
+    let exports: &[metalor::runtime::ExportSpec] = &spec.exports;
+    let command: &metalor::runtime::CommandSpec = &spec.command;
+    let cwd: &metalor::runtime::CellPath = &command.cwd;
+    let root: &metalor::runtime::HostPath = &spec.root;
+    let network: metalor::runtime::NetworkPolicy = spec.network;
+    let limits: metalor::runtime::ResourceLimits = spec.limits;
+    let cleanup: metalor::runtime::CleanupPolicy = spec.cleanup;
+    let result = metalor::runtime::BuildCellResult {
+        scratch_preserved: false,
+    };
+    assert!(matches!(seed, WorkspaceSeed::SnapshotDir(_)));
+    assert_eq!((imports.len(), caches.len(), exports.len()), (2, 1, 1));
+    assert_eq!(
+        (cwd.as_str(), root.as_path()),
+        ("/workspace", Path::new("/srv/cells/root"))
+    );
+    assert_eq!(
+        (network, cleanup),
+        (NetworkPolicy::Disabled, CleanupPolicy::PreserveOnFailure)
+    );
+    assert!(!limits.is_unbounded());
+    assert!(!result.scratch_preserved);
 }

@@ -66,7 +66,10 @@ fn significant_lines_strips_crlf_endings() {
 
 #[test]
 fn significant_lines_does_not_split_on_a_bare_carriage_return() {
-    assert_eq!(lines("one\rtwo\nthree"), vec![(1, "one\rtwo"), (2, "three")]);
+    assert_eq!(
+        lines("one\rtwo\nthree"),
+        vec![(1, "one\rtwo"), (2, "three")]
+    );
 }
 
 #[test]
@@ -121,7 +124,9 @@ fn valid_identifier_accepts_shell_style_names() {
 
 #[test]
 fn valid_identifier_rejects_everything_else() {
-    for name in ["", "1", "2CHANNEL", "a-b", "é", "aé", "a b", " a", "a.b", "a$"] {
+    for name in [
+        "", "1", "2CHANNEL", "a-b", "é", "aé", "a b", " a", "a.b", "a$",
+    ] {
         assert!(!valid_identifier(name), "{name:?} should be invalid");
     }
 }
@@ -184,9 +189,16 @@ fn exec_array_reports_serde_errors_under_a_fixed_message() {
     ];
     for raw in cases {
         let error = exec_error(raw);
-        assert_eq!(error.to_string(), "invalid exec-form array", "input {raw:?}");
+        assert_eq!(
+            error.to_string(),
+            "invalid exec-form array",
+            "input {raw:?}"
+        );
         let chain = format!("{error:#}");
-        let cause = error.source().expect("serde error as the cause").to_string();
+        let cause = error
+            .source()
+            .expect("serde error as the cause")
+            .to_string();
         assert!(!cause.is_empty());
         assert_eq!(chain, format!("invalid exec-form array: {cause}"));
     }
@@ -274,7 +286,10 @@ fn interpolation_reports_invalid_names_with_the_kind() {
         interpolate_error("mode=${bad-name}", &[], "ARG"),
         "invalid ARG reference bad-name"
     );
-    assert_eq!(interpolate_error("${}", &[], "ENV"), "invalid ENV reference ");
+    assert_eq!(
+        interpolate_error("${}", &[], "ENV"),
+        "invalid ENV reference "
+    );
     assert_eq!(
         interpolate_error("${ A }", &[("A", "x")], "ARG"),
         "invalid ARG reference  A "
@@ -304,10 +319,7 @@ fn interpolation_kind_only_affects_messages() {
 
 #[test]
 fn interpolation_does_not_expand_substituted_values() {
-    assert_eq!(
-        interpolate("${A}", &[("A", "${B}"), ("B", "no")]),
-        "${B}"
-    );
+    assert_eq!(interpolate("${A}", &[("A", "${B}"), ("B", "no")]), "${B}");
     assert_eq!(interpolate("${A}", &[("A", "${")]), "${");
 }
 
@@ -324,5 +336,26 @@ fn interpolation_keeps_non_ascii_text_intact() {
 #[test]
 fn interpolation_looks_up_non_ascii_names_exactly() {
     assert_eq!(interpolate("${é}", &[("é", "accent")]), "accent");
-    assert_eq!(interpolate_error("${é}", &[], "ARG"), "invalid ARG reference é");
+    assert_eq!(
+        interpolate_error("${é}", &[], "ARG"),
+        "invalid ARG reference é"
+    );
+}
+
+#[test]
+fn parser_functions_keep_upstream_signatures_and_root_exports() {
+    // Upstream callers coerce these to fn pointers and import them from the
+    // crate root as well as from `metalor::parser`.
+    let parse: fn(&str) -> anyhow::Result<Vec<String>> = metalor::parse_exec_array;
+    let interpolate: fn(&str, &BTreeMap<String, String>, &str) -> anyhow::Result<String> =
+        metalor::interpolate_braced_variables;
+    let identifier: fn(&str) -> bool = metalor::valid_identifier;
+    assert_eq!(parse("[\"x\"]").unwrap(), vec!["x"]);
+    assert_eq!(
+        interpolate("${A}", &vars(&[("A", "1")]), "ARG").unwrap(),
+        "1"
+    );
+    assert!(identifier("A"));
+    let first: Option<metalor::SignificantLine<'_>> = metalor::significant_lines("x").next();
+    assert_eq!(first.map(|line| line.number), Some(1));
 }

@@ -188,7 +188,9 @@ impl ResourceLimits {
     /// True when no limit is set, so a backend can skip limit setup
     /// entirely.
     pub fn is_unbounded(&self) -> bool {
-        self.cpu_time_seconds.is_none() && self.memory_bytes.is_none() && self.max_processes.is_none()
+        self.cpu_time_seconds.is_none()
+            && self.memory_bytes.is_none()
+            && self.max_processes.is_none()
     }
 }
 
