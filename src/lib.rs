@@ -8,3 +8,13 @@
 
 pub mod parser;
 pub mod runtime;
+
+pub use parser::{
+    interpolate_braced_variables, parse_exec_array, significant_lines, valid_identifier,
+    SignificantLine,
+};
+pub use runtime::{
+    backend_caps, build_cell_request_path, read_build_cell_request, write_build_cell_request,
+    BackendCaps, BuildCellResult, BuildCellSpec, CacheSpec, CellPath, CleanupPolicy, CommandSpec,
+    ExportSpec, HostPath, ImportSpec, NetworkPolicy, ResourceLimits, WorkspaceSeed,
+};

@@ -3,3 +3,14 @@
 
 #[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "windows")))]
 compile_error!("metalor supports Linux, macOS and Windows only");
+
+mod caps;
+mod portable;
+mod protocol;
+
+pub use caps::{backend_caps, BackendCaps};
+pub use portable::{
+    BuildCellResult, BuildCellSpec, CacheSpec, CellPath, CleanupPolicy, CommandSpec, ExportSpec,
+    HostPath, ImportSpec, NetworkPolicy, ResourceLimits, WorkspaceSeed,
+};
+pub use protocol::{build_cell_request_path, read_build_cell_request, write_build_cell_request};
