@@ -219,8 +219,8 @@ pub fn set_xattr_fd(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> io::Result
         .map_err(io::Error::from)
 }
 
-/// Renames `from` to `to` in the same directory, failing if `to` exists
-/// (other than as an empty directory when `replace_empty_dir` is set).
+/// Renames `from` to `to`; an existing empty directory at `to` is replaced,
+/// anything else fails.
 pub fn rename_at(
     from_dir: BorrowedFd<'_>,
     from: &[u8],
@@ -228,4 +228,11 @@ pub fn rename_at(
     to: &[u8],
 ) -> io::Result<()> {
     rustix::fs::renameat(from_dir, from, to_dir, to).map_err(io::Error::from)
+}
+
+/// Sets permission bits on `name` in `dir`, for nodes that cannot be opened
+/// safely (devices, fifos) right after the caller created them.
+pub fn chmod_at(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<()> {
+    rustix::fs::chmodat(dir, name, Mode::from_raw_mode(mode & 0o7777), AtFlags::empty())
+        .map_err(io::Error::from)
 }
