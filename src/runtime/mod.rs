@@ -3,3 +3,5 @@
 
 #[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "windows")))]
 compile_error!("metalor supports Linux, macOS and Windows only");
+
+pub mod linux_provider;
