@@ -90,7 +90,9 @@ fn unpack_entry<R: Read>(
 /// rather than rewritten, because a well-formed `tar -C dir name` never
 /// produces them.
 fn entry_name<R: Read>(entry: &Entry<'_, R>) -> Result<Option<PathBuf>> {
-    let raw = entry.path().context("failed to decode archive entry name")?;
+    let raw = entry
+        .path()
+        .context("failed to decode archive entry name")?;
     let name = relative_name(&raw)
         .with_context(|| format!("refusing archive entry {:?}", raw.display().to_string()))?;
     Ok((!name.as_os_str().is_empty()).then_some(name))
@@ -160,8 +162,12 @@ fn unpack_hard_link<R: Read>(entry: &mut Entry<'_, R>, root: &Path, name: &Path)
     let Some(raw_source) = entry.link_name().context("invalid hard link target")? else {
         bail!("hard link has no target");
     };
-    let source_name = relative_name(&raw_source)
-        .with_context(|| format!("refusing hard link to {:?}", raw_source.display().to_string()))?;
+    let source_name = relative_name(&raw_source).with_context(|| {
+        format!(
+            "refusing hard link to {:?}",
+            raw_source.display().to_string()
+        )
+    })?;
     let source = parent_checked_path(root, &source_name, false)?;
     let source_meta = fs::symlink_metadata(&source)
         .with_context(|| format!("hard link target {} is missing", source.display()))?;

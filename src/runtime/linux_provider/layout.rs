@@ -116,7 +116,10 @@ fn normalize_root(root: &str) -> Result<String> {
     if trimmed.contains('\\') {
         bail!("provider runtime root must use '/' separators: {trimmed}");
     }
-    if trimmed.split('/').any(|segment| segment == "." || segment == "..") {
+    if trimmed
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
         bail!("provider runtime root must not contain '.' or '..': {trimmed}");
     }
     match trimmed.trim_end_matches('/') {

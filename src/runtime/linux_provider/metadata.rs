@@ -59,7 +59,10 @@ pub fn render_provider_metadata_env(metadata: &ProviderRuntimeMetadata) -> Resul
         ("provider_kind", metadata.kind.as_str()),
         ("provider_identity", metadata.identity.as_str()),
         ("runtime_root", metadata.runtime_root.as_str()),
-        ("runtime_layout_version", metadata.runtime_layout_version.as_str()),
+        (
+            "runtime_layout_version",
+            metadata.runtime_layout_version.as_str(),
+        ),
         ("bootstrap_version", metadata.bootstrap_version.as_str()),
         ("bootstrap_stamp", metadata.bootstrap_stamp.as_str()),
     ];

@@ -56,9 +56,7 @@ pub(super) fn split_provider_path(path: &str) -> Result<(String, String)> {
         None => (".", trimmed),
     };
     if matches!(name, "" | "." | "..") {
-        return Err(anyhow!(
-            "remote path must have a normal file name: {path}"
-        ));
+        return Err(anyhow!("remote path must have a normal file name: {path}"));
     }
     Ok((parent.to_string(), name.to_string()))
 }

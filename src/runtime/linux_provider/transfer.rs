@@ -75,7 +75,10 @@ impl HostSource {
 /// Streams `source` into the stdin of `consumer`, the provider's extract
 /// script, and reports failures in pipeline order.
 pub(super) fn push(source: &HostSource, mut consumer: Command, log: &mut String) -> Result<()> {
-    log.push_str(&format!("push into provider with tar {}\n", source.tar_args()));
+    log.push_str(&format!(
+        "push into provider with tar {}\n",
+        source.tar_args()
+    ));
     consumer
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
