@@ -18,6 +18,7 @@ use tar::{Entry, EntryType};
 
 /// Mode bits kept from the archive: permissions and sticky, but never
 /// setuid or setgid, since the files belong to the host user.
+#[cfg(unix)]
 const MODE_MASK: u32 = 0o1777;
 
 /// Extracts every entry of the tar stream `reader` under `root`, which
@@ -271,7 +272,6 @@ fn set_file_mode(file: &File, mode: u32) -> Result<()> {
 fn set_file_mode(_file: &File, _mode: u32) -> Result<()> {
     // Windows has no mode bits to carry over; the ACLs of the destination
     // directory apply.
-    let _ = MODE_MASK;
     Ok(())
 }
 

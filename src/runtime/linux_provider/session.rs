@@ -2,10 +2,12 @@
 //! run through the caller's [`ProviderShell`].
 #![forbid(unsafe_code)]
 
-use super::layout::{is_portable_name_char, join_posix, ProviderRuntimeLayout};
+use super::layout::{
+    is_portable_name_char, join_posix, provider_metadata_path, ProviderRuntimeLayout,
+};
 use super::metadata::{render_provider_metadata_env, ProviderRuntimeMetadata};
 use super::shell::{append_output, failure_message, quote, split_provider_path};
-use super::{layout::provider_metadata_path, transfer};
+use super::transfer;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::process::{Command, Output};
