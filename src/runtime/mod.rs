@@ -8,6 +8,8 @@ mod caps;
 mod portable;
 mod protocol;
 
+pub mod linux_provider;
+
 pub use caps::{backend_caps, BackendCaps};
 pub use portable::{
     BuildCellResult, BuildCellSpec, CacheSpec, CellPath, CleanupPolicy, CommandSpec, ExportSpec,
