@@ -8,6 +8,8 @@
 
 pub mod parser;
 pub mod runtime;
+#[cfg(target_os = "linux")]
+pub mod unpack;
 
 pub use parser::{
     interpolate_braced_variables, parse_exec_array, significant_lines, valid_identifier,

@@ -191,7 +191,11 @@ impl<'r> Applier<'r> {
             let fd = self.resolve_or_create_dir(parent)?;
             self.parent_cache = Some((parent.to_vec(), fd));
         }
-        Ok(self.parent_cache.as_ref().map(|(_, fd)| fd.as_fd()).unwrap())
+        Ok(self
+            .parent_cache
+            .as_ref()
+            .map(|(_, fd)| fd.as_fd())
+            .unwrap())
     }
 
     fn resolve_or_create_dir(&mut self, dir: &[u8]) -> Result<OwnedFd, UnpackError> {
@@ -207,15 +211,25 @@ impl<'r> Applier<'r> {
             Err(e) if e.raw_os_error() == Some(Errno::EXIST.raw_os_error()) => {}
             Err(e) => return Err(io_error("create parent directory", dir, e)),
         }
-        fsops::open_dir_in_root(self.root, dir).map_err(|e| io_error("open parent directory", dir, e))
+        fsops::open_dir_in_root(self.root, dir)
+            .map_err(|e| io_error("open parent directory", dir, e))
     }
 
     /// Removes whatever sits at `name` so that a new entry can take its place.
-    fn clear_slot(&mut self, dir: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<(), UnpackError> {
+    fn clear_slot(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+    ) -> Result<(), UnpackError> {
         fsops::remove_any_at(dir, name).map_err(|e| io_error("replace", path, e))
     }
 
-    fn regular<R: Read>(&mut self, entry: &mut Entry<'_, R>, path: &[u8]) -> Result<(), UnpackError> {
+    fn regular<R: Read>(
+        &mut self,
+        entry: &mut Entry<'_, R>,
+        path: &[u8],
+    ) -> Result<(), UnpackError> {
         let (parent, name) = path::split_parent(path);
         let file = self.create_file(parent, name, path)?;
         let mut file = std::fs::File::from(file);
@@ -231,7 +245,10 @@ impl<'r> Applier<'r> {
             self.stats.bytes += n as u64;
             if let Some(limit) = self.options.max_bytes {
                 if self.stats.bytes > limit {
-                    return Err(UnpackError::Limit { what: "bytes", limit });
+                    return Err(UnpackError::Limit {
+                        what: "bytes",
+                        limit,
+                    });
                 }
             }
             file.write_all(&self.buffer[..n])
@@ -243,14 +260,22 @@ impl<'r> Applier<'r> {
         Ok(())
     }
 
-    fn create_file(&mut self, parent: &[u8], name: &[u8], path: &[u8]) -> Result<OwnedFd, UnpackError> {
+    fn create_file(
+        &mut self,
+        parent: &[u8],
+        name: &[u8],
+        path: &[u8],
+    ) -> Result<OwnedFd, UnpackError> {
         let dir = self.parent_fd(parent)?;
         match fsops::create_file_at(dir, name) {
             Ok(fd) => return Ok(fd),
             Err(e) if e.raw_os_error() == Some(Errno::EXIST.raw_os_error()) => {}
             Err(e) => return Err(io_error("create", path, e)),
         }
-        let dir = self.parent_fd(parent)?.try_clone_to_owned().map_err(|e| io_error("create", path, e))?;
+        let dir = self
+            .parent_fd(parent)?
+            .try_clone_to_owned()
+            .map_err(|e| io_error("create", path, e))?;
         self.clear_slot(dir.as_fd(), name, path)?;
         self.parent_cache = None;
         fsops::create_file_at(dir.as_fd(), name).map_err(|e| io_error("create", path, e))
@@ -278,7 +303,11 @@ impl<'r> Applier<'r> {
         Ok(())
     }
 
-    fn apply_xattrs<R: Read>(&mut self, fd: BorrowedFd<'_>, entry: &mut Entry<'_, R>) -> Result<(), UnpackError> {
+    fn apply_xattrs<R: Read>(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        entry: &mut Entry<'_, R>,
+    ) -> Result<(), UnpackError> {
         let Some(extensions) = entry.pax_extensions().map_err(UnpackError::Stream)? else {
             return Ok(());
         };
@@ -295,9 +324,16 @@ impl<'r> Applier<'r> {
         Ok(())
     }
 
-    fn directory<R: Read>(&mut self, entry: &mut Entry<'_, R>, path: &[u8]) -> Result<(), UnpackError> {
+    fn directory<R: Read>(
+        &mut self,
+        entry: &mut Entry<'_, R>,
+        path: &[u8],
+    ) -> Result<(), UnpackError> {
         let (parent, name) = path::split_parent(path);
-        let dir = self.parent_fd(parent)?.try_clone_to_owned().map_err(|e| io_error("mkdir", path, e))?;
+        let dir = self
+            .parent_fd(parent)?
+            .try_clone_to_owned()
+            .map_err(|e| io_error("mkdir", path, e))?;
         match fsops::mkdir_at(dir.as_fd(), name, 0o700) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(Errno::EXIST.raw_os_error()) => {
@@ -309,7 +345,8 @@ impl<'r> Applier<'r> {
             }
             Err(e) => return Err(io_error("mkdir", path, e)),
         }
-        let fd = fsops::open_subdir_nofollow(dir.as_fd(), name).map_err(|e| io_error("open directory", path, e))?;
+        let fd = fsops::open_subdir_nofollow(dir.as_fd(), name)
+            .map_err(|e| io_error("open directory", path, e))?;
         self.stats.dirs += 1;
         self.finish_metadata(fd.as_fd(), entry, path)?;
         let mtime = entry.header().mtime().map_err(UnpackError::Stream)?;
@@ -319,11 +356,18 @@ impl<'r> Applier<'r> {
 
     /// A directory entry met an existing name. Returns true when a real
     /// directory is now there to take the metadata, false for a kept dirlink.
-    fn merge_into_existing(&mut self, dir: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<bool, UnpackError> {
+    fn merge_into_existing(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+    ) -> Result<bool, UnpackError> {
         let st = fsops::lstat_at(dir, name).map_err(|e| io_error("stat", path, e))?;
         match st.map(|st| fsops::file_type(&st)) {
             Some(FileType::Directory) => return Ok(true),
-            Some(FileType::Symlink) if fsops::open_dir_in_root(self.root, path).is_ok() => return Ok(false),
+            Some(FileType::Symlink) if fsops::open_dir_in_root(self.root, path).is_ok() => {
+                return Ok(false)
+            }
             _ => {}
         }
         self.clear_slot(dir, name, path)?;
@@ -332,37 +376,54 @@ impl<'r> Applier<'r> {
         Ok(true)
     }
 
-    fn symlink<R: Read>(&mut self, entry: &mut Entry<'_, R>, path: &[u8]) -> Result<(), UnpackError> {
+    fn symlink<R: Read>(
+        &mut self,
+        entry: &mut Entry<'_, R>,
+        path: &[u8],
+    ) -> Result<(), UnpackError> {
         let target = entry
             .link_name_bytes()
             .ok_or_else(|| hostile(path, "symlink without a target"))?
             .into_owned();
         let (parent, name) = path::split_parent(path);
-        let dir = self.parent_fd(parent)?.try_clone_to_owned().map_err(|e| io_error("symlink", path, e))?;
+        let dir = self
+            .parent_fd(parent)?
+            .try_clone_to_owned()
+            .map_err(|e| io_error("symlink", path, e))?;
         if let Err(e) = fsops::symlink_at(dir.as_fd(), name, &target) {
             if e.raw_os_error() != Some(Errno::EXIST.raw_os_error()) {
                 return Err(io_error("symlink", path, e));
             }
             self.clear_slot(dir.as_fd(), name, path)?;
             self.parent_cache = None;
-            fsops::symlink_at(dir.as_fd(), name, &target).map_err(|e| io_error("symlink", path, e))?;
+            fsops::symlink_at(dir.as_fd(), name, &target)
+                .map_err(|e| io_error("symlink", path, e))?;
         }
         if self.privileges.chown {
             let (uid, gid) = owner(entry, path)?;
-            fsops::lchown_at(dir.as_fd(), name, uid, gid).map_err(|e| io_error("chown", path, e))?;
+            fsops::lchown_at(dir.as_fd(), name, uid, gid)
+                .map_err(|e| io_error("chown", path, e))?;
         }
-        if entry.pax_extensions().map_err(UnpackError::Stream)?.is_some() {
+        if entry
+            .pax_extensions()
+            .map_err(UnpackError::Stream)?
+            .is_some()
+        {
             // xattrs on a symlink need a path-based call; they are counted,
             // not applied.
             self.count_symlink_xattrs(entry)?;
         }
         let mtime = entry.header().mtime().map_err(UnpackError::Stream)?;
-        fsops::set_times_at_nofollow(dir.as_fd(), name, mtime).map_err(|e| io_error("set mtime of", path, e))?;
+        fsops::set_times_at_nofollow(dir.as_fd(), name, mtime)
+            .map_err(|e| io_error("set mtime of", path, e))?;
         self.stats.symlinks += 1;
         Ok(())
     }
 
-    fn count_symlink_xattrs<R: Read>(&mut self, entry: &mut Entry<'_, R>) -> Result<(), UnpackError> {
+    fn count_symlink_xattrs<R: Read>(
+        &mut self,
+        entry: &mut Entry<'_, R>,
+    ) -> Result<(), UnpackError> {
         if let Some(extensions) = entry.pax_extensions().map_err(UnpackError::Stream)? {
             for ext in extensions.flatten() {
                 if ext.key_bytes().starts_with(XATTR_PREFIX.as_bytes()) {
@@ -373,12 +434,18 @@ impl<'r> Applier<'r> {
         Ok(())
     }
 
-    fn hardlink<R: Read>(&mut self, entry: &mut Entry<'_, R>, path: &[u8], raw: &[u8]) -> Result<(), UnpackError> {
+    fn hardlink<R: Read>(
+        &mut self,
+        entry: &mut Entry<'_, R>,
+        path: &[u8],
+        raw: &[u8],
+    ) -> Result<(), UnpackError> {
         let raw_target = entry
             .link_name_bytes()
             .ok_or_else(|| hostile(raw, "hardlink without a target"))?
             .into_owned();
-        let target = path::normalize(&raw_target).map_err(|_| hostile(raw, "hardlink target has a '..' component"))?;
+        let target = path::normalize(&raw_target)
+            .map_err(|_| hostile(raw, "hardlink target has a '..' component"))?;
         if target.is_empty() {
             return Err(hostile(raw, "hardlink to the root directory"));
         }
@@ -388,7 +455,9 @@ impl<'r> Applier<'r> {
         let (tparent, tname) = path::split_parent(&target);
         let src_dir = fsops::open_dir_in_root(self.root, tparent)
             .map_err(|e| io_error("resolve hardlink target", &target, e))?;
-        match fsops::lstat_at(src_dir.as_fd(), tname).map_err(|e| io_error("stat hardlink target", &target, e))? {
+        match fsops::lstat_at(src_dir.as_fd(), tname)
+            .map_err(|e| io_error("stat hardlink target", &target, e))?
+        {
             None => return Err(hostile(raw, "hardlink target does not exist in the rootfs")),
             Some(st) if fsops::file_type(&st) == FileType::Directory => {
                 return Err(hostile(raw, "hardlink to a directory"))
@@ -396,20 +465,28 @@ impl<'r> Applier<'r> {
             Some(_) => {}
         }
         let (parent, name) = path::split_parent(path);
-        let dir = self.parent_fd(parent)?.try_clone_to_owned().map_err(|e| io_error("hardlink", path, e))?;
+        let dir = self
+            .parent_fd(parent)?
+            .try_clone_to_owned()
+            .map_err(|e| io_error("hardlink", path, e))?;
         if let Err(e) = fsops::link_at(src_dir.as_fd(), tname, dir.as_fd(), name) {
             if e.raw_os_error() != Some(Errno::EXIST.raw_os_error()) {
                 return Err(io_error("hardlink", path, e));
             }
             self.clear_slot(dir.as_fd(), name, path)?;
             self.parent_cache = None;
-            fsops::link_at(src_dir.as_fd(), tname, dir.as_fd(), name).map_err(|e| io_error("hardlink", path, e))?;
+            fsops::link_at(src_dir.as_fd(), tname, dir.as_fd(), name)
+                .map_err(|e| io_error("hardlink", path, e))?;
         }
         self.stats.hardlinks += 1;
         Ok(())
     }
 
-    fn special<R: Read>(&mut self, entry: &mut Entry<'_, R>, path: &[u8]) -> Result<(), UnpackError> {
+    fn special<R: Read>(
+        &mut self,
+        entry: &mut Entry<'_, R>,
+        path: &[u8],
+    ) -> Result<(), UnpackError> {
         let header = entry.header();
         let kind = match header.entry_type() {
             EntryType::Char => FileType::CharacterDevice,
@@ -426,16 +503,22 @@ impl<'r> Applier<'r> {
         let mode = header.mode().map_err(UnpackError::Stream)?;
         let mtime = header.mtime().map_err(UnpackError::Stream)?;
         let (parent, name) = path::split_parent(path);
-        let dir = self.parent_fd(parent)?.try_clone_to_owned().map_err(|e| io_error("mknod", path, e))?;
+        let dir = self
+            .parent_fd(parent)?
+            .try_clone_to_owned()
+            .map_err(|e| io_error("mknod", path, e))?;
         self.clear_slot(dir.as_fd(), name, path)?;
         self.parent_cache = None;
-        fsops::mknod_at(dir.as_fd(), name, kind, mode, dev).map_err(|e| io_error("mknod", path, e))?;
+        fsops::mknod_at(dir.as_fd(), name, kind, mode, dev)
+            .map_err(|e| io_error("mknod", path, e))?;
         if self.privileges.chown {
             let (uid, gid) = owner(entry, path)?;
-            fsops::lchown_at(dir.as_fd(), name, uid, gid).map_err(|e| io_error("chown", path, e))?;
+            fsops::lchown_at(dir.as_fd(), name, uid, gid)
+                .map_err(|e| io_error("chown", path, e))?;
         }
         fsops::chmod_at(dir.as_fd(), name, mode).map_err(|e| io_error("chmod", path, e))?;
-        fsops::set_times_at_nofollow(dir.as_fd(), name, mtime).map_err(|e| io_error("set mtime of", path, e))?;
+        fsops::set_times_at_nofollow(dir.as_fd(), name, mtime)
+            .map_err(|e| io_error("set mtime of", path, e))?;
         self.stats.devices += 1;
         Ok(())
     }
@@ -459,7 +542,8 @@ impl<'r> Applier<'r> {
             return Ok(());
         };
         // Reopen readable: the resolved fd is O_PATH, which cannot list.
-        let dir = fsops::open_subdir_nofollow(dir.as_fd(), b".").map_err(|e| io_error("open directory", dir_path, e))?;
+        let dir = fsops::open_subdir_nofollow(dir.as_fd(), b".")
+            .map_err(|e| io_error("open directory", dir_path, e))?;
         self.parent_cache = None;
         self.remove_lower_children(dir.as_fd(), dir_path)
     }
@@ -467,12 +551,24 @@ impl<'r> Applier<'r> {
     fn existing_dir(&self, dir_path: &[u8]) -> Result<Option<OwnedFd>, UnpackError> {
         match fsops::open_dir_in_root(self.root, dir_path) {
             Ok(fd) => Ok(Some(fd)),
-            Err(e) if matches!(Errno::from_io_error(&e), Some(Errno::NOENT) | Some(Errno::NOTDIR)) => Ok(None),
+            Err(e)
+                if matches!(
+                    Errno::from_io_error(&e),
+                    Some(Errno::NOENT) | Some(Errno::NOTDIR)
+                ) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(io_error("open directory", dir_path, e)),
         }
     }
 
-    fn remove_lower(&mut self, dir: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<(), UnpackError> {
+    fn remove_lower(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+    ) -> Result<(), UnpackError> {
         let touched = self.ancestors.contains(path);
         let written = self.written.contains(path);
         if !touched && !written {
@@ -485,7 +581,11 @@ impl<'r> Applier<'r> {
         }
     }
 
-    fn remove_lower_children(&mut self, dir: BorrowedFd<'_>, dir_path: &[u8]) -> Result<(), UnpackError> {
+    fn remove_lower_children(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        dir_path: &[u8],
+    ) -> Result<(), UnpackError> {
         let names = fsops::list_dir(dir).map_err(|e| io_error("list", dir_path, e))?;
         for name in names {
             let child = join(dir_path, &name);

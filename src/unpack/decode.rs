@@ -56,7 +56,14 @@ impl<R: Read> Rewound<R> {
             }
         }
         head.truncate(n);
-        Ok((sniff(&head), Rewound { head, pos: 0, inner }))
+        Ok((
+            sniff(&head),
+            Rewound {
+                head,
+                pos: 0,
+                inner,
+            },
+        ))
     }
 }
 
@@ -157,7 +164,10 @@ impl<R: Read> GzipReader<R> {
 }
 
 fn corrupt(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("corrupt gzip stream: {what}"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("corrupt gzip stream: {what}"),
+    )
 }
 
 impl<R: Read> Read for GzipReader<R> {
@@ -229,7 +239,10 @@ mod tests {
         let mut blob = gzip(b"hello ");
         blob.extend(gzip(b"world"));
         blob.extend([0u8; 37]);
-        assert_eq!(read_all(GzipReader::new(&blob[..])).unwrap(), b"hello world");
+        assert_eq!(
+            read_all(GzipReader::new(&blob[..])).unwrap(),
+            b"hello world"
+        );
     }
 
     #[test]

@@ -10,9 +10,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::fs::{
-    AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Stat, Timespec, Timestamps,
-};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Stat, Timespec, Timestamps};
 use rustix::io::Errno;
 
 /// Flags for every resolution below the root: clamp to the root, refuse
@@ -24,7 +22,11 @@ const IN_ROOT: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGIC
 /// the last component, are followed but clamped to the root: this is what
 /// gives keep-dirlinks semantics for parents.
 pub fn open_dir_in_root(root: BorrowedFd<'_>, unsafe_path: &[u8]) -> io::Result<OwnedFd> {
-    let path: &[u8] = if unsafe_path.is_empty() { b"." } else { unsafe_path };
+    let path: &[u8] = if unsafe_path.is_empty() {
+        b"."
+    } else {
+        unsafe_path
+    };
     loop {
         match rustix::fs::openat2(
             root,
@@ -215,8 +217,7 @@ pub fn set_times_at_nofollow(dir: BorrowedFd<'_>, name: &[u8], mtime: u64) -> io
 
 /// Sets one extended attribute on an open fd.
 pub fn set_xattr_fd(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> io::Result<()> {
-    rustix::fs::fsetxattr(fd, name, value, rustix::fs::XattrFlags::empty())
-        .map_err(io::Error::from)
+    rustix::fs::fsetxattr(fd, name, value, rustix::fs::XattrFlags::empty()).map_err(io::Error::from)
 }
 
 /// Renames `from` to `to`; an existing empty directory at `to` is replaced,
@@ -233,6 +234,11 @@ pub fn rename_at(
 /// Sets permission bits on `name` in `dir`, for nodes that cannot be opened
 /// safely (devices, fifos) right after the caller created them.
 pub fn chmod_at(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<()> {
-    rustix::fs::chmodat(dir, name, Mode::from_raw_mode(mode & 0o7777), AtFlags::empty())
-        .map_err(io::Error::from)
+    rustix::fs::chmodat(
+        dir,
+        name,
+        Mode::from_raw_mode(mode & 0o7777),
+        AtFlags::empty(),
+    )
+    .map_err(io::Error::from)
 }

@@ -155,7 +155,11 @@ fn decode_all(layers: Vec<LayerInput>, tx: SyncSender<Msg>, pool: Receiver<Vec<u
 
 /// Streams one blob through its digest check and decoder into chunks.
 /// Returns early (quietly) if the applier hung up.
-fn decode_one(layer: LayerInput, tx: &SyncSender<Msg>, pool: &Receiver<Vec<u8>>) -> Result<(), UnpackError> {
+fn decode_one(
+    layer: LayerInput,
+    tx: &SyncSender<Msg>,
+    pool: &Receiver<Vec<u8>>,
+) -> Result<(), UnpackError> {
     let check = DigestCheck::parse(&layer.digest)?;
     let mut hashed = HashingReader {
         inner: layer.blob,
@@ -167,7 +171,9 @@ fn decode_one(layer: LayerInput, tx: &SyncSender<Msg>, pool: &Receiver<Vec<u8>>)
         let (kind, rewound) = Rewound::sniff(&mut hashed).map_err(UnpackError::Stream)?;
         let mut decoder = decode::decoder(kind, rewound).map_err(UnpackError::Stream)?;
         loop {
-            let mut chunk = pool.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+            let mut chunk = pool
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
             chunk.resize(CHUNK, 0);
             let n = fill(&mut decoder, &mut chunk).map_err(UnpackError::Stream)?;
             if n == 0 {

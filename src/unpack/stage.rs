@@ -53,7 +53,10 @@ pub enum StagedUnpackError {
     },
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StagedUnpackError + '_ {
+fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> StagedUnpackError + 'a {
     move |source| StagedUnpackError::Io {
         op,
         path: path.to_path_buf(),
@@ -89,12 +92,24 @@ pub fn unpack_layers_into(
     let staging_path = parent.join(std::ffi::OsStr::from_bytes(&staging));
     fsops::mkdir_at(parent_fd.as_fd(), &staging, 0o755)
         .map_err(io_err("create staging directory", &staging_path))?;
-    let result = fill_staging(&parent_fd, &staging, &staging_path, layers, options, on_layer)
-        .and_then(|stats| {
-            fsops::rename_at(parent_fd.as_fd(), &staging, parent_fd.as_fd(), name.as_bytes())
-                .map_err(io_err("rename staging directory into", target))?;
-            Ok(stats)
-        });
+    let result = fill_staging(
+        &parent_fd,
+        &staging,
+        &staging_path,
+        layers,
+        options,
+        on_layer,
+    )
+    .and_then(|stats| {
+        fsops::rename_at(
+            parent_fd.as_fd(),
+            &staging,
+            parent_fd.as_fd(),
+            name.as_bytes(),
+        )
+        .map_err(io_err("rename staging directory into", target))?;
+        Ok(stats)
+    });
     if result.is_err() {
         // Best effort: the error that matters is the one being returned.
         let _ = fsops::remove_tree_at(parent_fd.as_fd(), &staging);
@@ -151,6 +166,8 @@ fn staging_name(target_name: &[u8]) -> Vec<u8> {
         .unwrap_or(0);
     let mut name = b".".to_vec();
     name.extend_from_slice(target_name);
-    name.extend_from_slice(format!(".metalor-staging-{}-{nanos:09}", std::process::id()).as_bytes());
+    name.extend_from_slice(
+        format!(".metalor-staging-{}-{nanos:09}", std::process::id()).as_bytes(),
+    );
     name
 }
