@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs metalor's whole test suite on a fresh machine: installs what the tests
+# need (Debian packages for the oracle tools, rustup components), then
+# `cargo test`. Needs root, like the tests themselves (namespaces, mounts,
+# chown). Usage: bash scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The oracles and fixtures the tests use; never used by metalor itself.
+APT_PACKAGES=(umoci skopeo libarchive-tools zstd tar gzip busybox-static)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f '${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "scripts/test.sh: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+cargo test "$@"
