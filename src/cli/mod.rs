@@ -1,4 +1,9 @@
 //! Argument parsing and dispatch; one file per verb.
+#![forbid(unsafe_code)]
+
+mod inspect;
+mod progress;
+mod unpack;
 
 use clap::{Parser, Subcommand};
 
@@ -11,7 +16,12 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Verb {}
+enum Verb {
+    /// Unpack an image from an OCI layout into a new rootfs directory.
+    Unpack(unpack::UnpackArgs),
+    /// Print the manifest, config and platform of an image as JSON.
+    Inspect(inspect::InspectArgs),
+}
 
 /// Parses the command line, runs the verb and returns the process exit code:
 /// 0 on success, 1 on a runtime error, 2 on a usage error.
@@ -24,5 +34,23 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    match cli.verb {}
+    let result = match &cli.verb {
+        Verb::Unpack(args) => unpack::run(args),
+        Verb::Inspect(args) => inspect::run(args),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(err) => {
+            report(&err);
+            1
+        }
+    }
+}
+
+/// One line for the error, then one line per cause, most specific last.
+fn report(err: &anyhow::Error) {
+    eprintln!("metalor: error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
 }

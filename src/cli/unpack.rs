@@ -1,0 +1,84 @@
+//! `metalor unpack [--platform linux/ARCH] --image DIR[:REF] ROOTFS`
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use metalor::oci::{ImageLayout, LayoutRef, Platform};
+use metalor::unpack::{unpack_layers_into, LayerInput, UnpackOptions};
+
+use super::progress::Progress;
+
+/// Arguments of `metalor unpack`.
+#[derive(clap::Args, Debug)]
+pub struct UnpackArgs {
+    /// Platform to pick from an index, as linux/ARCH[/VARIANT]; the host's
+    /// by default.
+    #[arg(long)]
+    platform: Option<String>,
+    /// The image: an OCI layout as DIR[:REF] or oci:DIR[:REF].
+    #[arg(long)]
+    image: String,
+    /// Stop when file content exceeds this many bytes (bomb guard).
+    #[arg(long, value_name = "BYTES")]
+    max_bytes: Option<u64>,
+    /// Stop when the layers hold more than this many entries.
+    #[arg(long, value_name = "COUNT")]
+    max_entries: Option<u64>,
+    /// No progress and no summary.
+    #[arg(long, short)]
+    quiet: bool,
+    /// The rootfs directory to create; it must not exist or be empty.
+    rootfs: PathBuf,
+}
+
+/// Resolves the image, then applies its layers into a staging directory
+/// that is renamed to ROOTFS only when every layer applied and verified.
+pub fn run(args: &UnpackArgs) -> anyhow::Result<()> {
+    let source = LayoutRef::parse(&args.image)?;
+    let platform = match &args.platform {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::host(),
+    };
+    let layout = ImageLayout::open(&source.dir)?;
+    let image = layout
+        .resolve(source.reference.as_deref(), &platform)
+        .with_context(|| format!("resolve image {}", args.image))?;
+    let mut layers = Vec::with_capacity(image.layers.len());
+    for layer in &image.layers {
+        layers.push(LayerInput {
+            blob: Box::new(layout.open_blob(&layer.digest)?),
+            digest: layer.digest.to_string(),
+            size: layer.size,
+            diff_id: layer.diff_id.to_string(),
+        });
+    }
+    let options = UnpackOptions {
+        max_bytes: args.max_bytes,
+        max_entries: args.max_entries,
+    };
+    let progress = Progress::new(args.quiet, layers.len());
+    let stats = unpack_layers_into(&args.rootfs, layers, options, &mut |i, digest| {
+        progress.step(i, digest)
+    })
+    .with_context(|| {
+        format!(
+            "unpack {} ({}) into {}",
+            args.image,
+            image.manifest_digest,
+            args.rootfs.display()
+        )
+    })?;
+    if !args.quiet {
+        eprintln!(
+            "unpacked {} layers into {}: {} entries, {} bytes, {} devices skipped, {} xattrs skipped",
+            image.layers.len(),
+            args.rootfs.display(),
+            stats.entries,
+            stats.bytes,
+            stats.skipped_devices,
+            stats.skipped_xattrs
+        );
+    }
+    Ok(())
+}
