@@ -9,6 +9,14 @@ mod portable;
 mod protocol;
 
 pub mod linux_provider;
+#[cfg(target_os = "macos")]
+pub mod macos;
+#[cfg(target_os = "windows")]
+pub mod windows;
+
+mod macos_support;
+mod windows_support;
+mod worker_support;
 
 pub use caps::{backend_caps, BackendCaps};
 pub use portable::{
