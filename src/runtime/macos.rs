@@ -14,10 +14,10 @@ use std::path::Path;
 use std::process::Command;
 
 pub use crate::runtime::macos_support::{
-    helper_environment, prepare_helper_request, validate_bundle_identifier, validate_helper_target,
-    validate_service_name, AppleLinuxProvider, HelperTarget, DEFAULT_APPLE_LINUX_BUNDLE,
-    HELPER_INFO_PLIST_TEMPLATE, HELPER_REQUEST_ENV, NETWORKED_HELPER_ENTITLEMENTS_TEMPLATE,
-    OFFLINE_HELPER_ENTITLEMENTS_TEMPLATE,
+    helper_environment, load_request_from_env, prepare_helper_request, validate_bundle_identifier,
+    validate_helper_target, validate_service_name, AppleLinuxProvider, HelperTarget,
+    DEFAULT_APPLE_LINUX_BUNDLE, HELPER_INFO_PLIST_TEMPLATE, HELPER_REQUEST_ENV,
+    NETWORKED_HELPER_ENTITLEMENTS_TEMPLATE, OFFLINE_HELPER_ENTITLEMENTS_TEMPLATE,
 };
 pub use crate::runtime::worker_support::WorkerJob;
 
@@ -37,14 +37,6 @@ pub fn backend_caps() -> BackendCaps {
 /// Reads a request file, for a helper given its path some other way.
 pub fn load_request(request_path: &Path) -> Result<BuildCellSpec> {
     worker_support::load_request(request_path)
-}
-
-/// Reads the request whose path the host app put in `HELPER_REQUEST_ENV`.
-pub fn load_request_from_env() -> Result<BuildCellSpec> {
-    worker_support::load_request_from_env_var(
-        HELPER_REQUEST_ENV,
-        "missing required macOS helper request environment variable",
-    )
 }
 
 /// Resets `job_root` (absolute, no `..`) and stages the workspace seed,

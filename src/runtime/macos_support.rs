@@ -7,7 +7,9 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(target_os = "macos"), allow(dead_code))]
 
-use crate::runtime::worker_support::{run_host_command, validate_dot_identifier};
+use crate::runtime::worker_support::{
+    load_request_from_env_var, run_host_command, validate_dot_identifier,
+};
 use crate::runtime::{build_cell_request_path, write_build_cell_request, BuildCellSpec};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -180,6 +182,15 @@ pub fn helper_environment(request_path: &Path) -> Vec<(String, String)> {
         HELPER_REQUEST_ENV.to_string(),
         request_path.display().to_string(),
     )]
+}
+
+/// Reads the request whose path the host app put in `HELPER_REQUEST_ENV`;
+/// this is how the helper learns its job.
+pub fn load_request_from_env() -> Result<BuildCellSpec> {
+    load_request_from_env_var(
+        HELPER_REQUEST_ENV,
+        "missing required macOS helper request environment variable",
+    )
 }
 
 /// A Linux VM on macOS, driven through a caller-supplied helper program

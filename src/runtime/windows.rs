@@ -14,9 +14,10 @@ use std::path::Path;
 use std::process::Command;
 
 pub use crate::runtime::windows_support::{
-    appcontainer_profile_name, build_worker_command, installed_wsl_distros, parse_wsl_list_output,
-    prepare_worker_request, resolve_wsl_distro, validate_application_id, validate_worker_target,
-    WorkerTarget, WslProvider, WslResolution, DEFAULT_WSL_DISTRO, WORKER_REQUEST_ENV,
+    appcontainer_profile_name, build_worker_command, installed_wsl_distros, load_request_from_env,
+    parse_wsl_list_output, prepare_worker_request, resolve_wsl_distro, validate_application_id,
+    validate_worker_target, WorkerTarget, WslProvider, WslResolution, DEFAULT_WSL_DISTRO,
+    WORKER_REQUEST_ENV,
 };
 pub use crate::runtime::worker_support::WorkerJob;
 
@@ -35,14 +36,6 @@ pub fn backend_caps() -> BackendCaps {
 /// Reads a request file, for a worker given its path some other way.
 pub fn load_request(request_path: &Path) -> Result<BuildCellSpec> {
     worker_support::load_request(request_path)
-}
-
-/// Reads the request whose path the broker put in `WORKER_REQUEST_ENV`.
-pub fn load_request_from_env() -> Result<BuildCellSpec> {
-    worker_support::load_request_from_env_var(
-        WORKER_REQUEST_ENV,
-        "missing required Windows worker request environment variable",
-    )
 }
 
 /// Resets `job_root` (absolute, no `..`; a drive prefix is fine) and stages

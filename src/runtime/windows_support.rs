@@ -8,7 +8,9 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(target_os = "windows"), allow(dead_code))]
 
-use crate::runtime::worker_support::{run_host_command, validate_dot_identifier};
+use crate::runtime::worker_support::{
+    load_request_from_env_var, run_host_command, validate_dot_identifier,
+};
 use crate::runtime::{build_cell_request_path, write_build_cell_request, BuildCellSpec};
 use anyhow::{bail, Context, Result};
 use std::ffi::OsStr;
@@ -104,6 +106,15 @@ pub fn build_worker_command(target: &WorkerTarget, request_path: &Path) -> Resul
     }
     command.env(WORKER_REQUEST_ENV, request_path.display().to_string());
     Ok(command)
+}
+
+/// Reads the request whose path the broker put in `WORKER_REQUEST_ENV`;
+/// this is how the worker learns its job.
+pub fn load_request_from_env() -> Result<BuildCellSpec> {
+    load_request_from_env_var(
+        WORKER_REQUEST_ENV,
+        "missing required Windows worker request environment variable",
+    )
 }
 
 /// The distro to use and whether `WslProvider::ensure_available` may

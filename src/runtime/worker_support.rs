@@ -629,3 +629,674 @@ mod seed_archive {
         kind.is_character_special() || kind.is_block_special() || kind.is_fifo()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{
+        write_build_cell_request, CacheSpec, CellPath, CommandSpec, ExportSpec, HostPath,
+        ImportSpec,
+    };
+    use std::io::Write;
+    use tar::{Builder, EntryType, Header};
+    use tempfile::TempDir;
+
+    fn spec(scratch: &Path) -> BuildCellSpec {
+        BuildCellSpec {
+            root: HostPath::new("/unused-root"),
+            scratch: HostPath::new(scratch),
+            workspace_path: "/workspace".into(),
+            workspace_seed: WorkspaceSeed::Empty,
+            imports: Vec::new(),
+            caches: Vec::new(),
+            exports: Vec::new(),
+            command: CommandSpec {
+                cwd: "/workspace".into(),
+                executable: "env".to_string(),
+                argv: Vec::new(),
+            },
+            env: Vec::new(),
+            network: Default::default(),
+            limits: Default::default(),
+            cleanup: Default::default(),
+        }
+    }
+
+    fn error_text(result: Result<impl std::fmt::Debug>) -> String {
+        result.expect_err("expected an error").to_string()
+    }
+
+    /// A header whose name and link name are written raw, so tests can build
+    /// the hostile members that `Header::set_path` refuses.
+    fn raw_header(name: &str, kind: EntryType, link: &str, size: usize, mode: u32) -> Header {
+        let mut header = Header::new_gnu();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        header.set_entry_type(kind);
+        header.set_size(size as u64);
+        header.set_mode(mode);
+        header.set_mtime(1_700_000_000);
+        header.set_cksum();
+        header
+    }
+
+    enum Member<'a> {
+        Dir(&'a str),
+        File(&'a str, &'a [u8], u32),
+        Symlink(&'a str, &'a str),
+        HardLink(&'a str, &'a str),
+    }
+
+    fn tar_bytes(members: &[Member<'_>]) -> Vec<u8> {
+        let mut builder = Builder::new(Vec::new());
+        for member in members {
+            let (header, data): (Header, &[u8]) = match member {
+                Member::Dir(name) => (raw_header(name, EntryType::Directory, "", 0, 0o755), &[]),
+                Member::File(name, data, mode) => (
+                    raw_header(name, EntryType::Regular, "", data.len(), *mode),
+                    data,
+                ),
+                Member::Symlink(name, target) => {
+                    (raw_header(name, EntryType::Symlink, target, 0, 0o777), &[])
+                }
+                Member::HardLink(name, target) => {
+                    (raw_header(name, EntryType::Link, target, 0, 0o644), &[])
+                }
+            };
+            builder.append(&header, data).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    /// Lays out `<tmp>/outside`, `<tmp>/job` and an archive seed; returns the
+    /// spec and job root.
+    fn archive_fixture(tmp: &TempDir, file_name: &str, bytes: &[u8]) -> (BuildCellSpec, PathBuf) {
+        let archive = tmp.path().join(file_name);
+        fs::write(&archive, bytes).unwrap();
+        fs::create_dir_all(tmp.path().join("outside")).unwrap();
+        let mut spec = spec(&tmp.path().join("scratch"));
+        spec.workspace_seed = WorkspaceSeed::Archive(HostPath::new(archive));
+        (spec, tmp.path().join("job"))
+    }
+
+    fn outside_is_untouched(tmp: &TempDir) {
+        let entries: Vec<_> = fs::read_dir(tmp.path().join("outside")).unwrap().collect();
+        assert!(entries.is_empty(), "something escaped: {entries:?}");
+        let mut names: Vec<String> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| !name.starts_with("seed."))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["job", "outside"]);
+    }
+
+    #[test]
+    fn cell_paths_map_onto_the_job_root() {
+        let root = Path::new("/jobs/one");
+        assert_eq!(map_cell_path(root, "/").unwrap(), root);
+        assert_eq!(map_cell_path(root, "//./").unwrap(), root);
+        assert_eq!(
+            map_cell_path(root, "/a//./b/").unwrap(),
+            root.join("a").join("b")
+        );
+        assert_eq!(
+            error_text(map_cell_path(root, "a/b")),
+            "build cell path must be absolute: a/b"
+        );
+        assert_eq!(
+            error_text(map_cell_path(root, "/a\\b")),
+            "build cell path must use '/' separators: /a\\b"
+        );
+        assert_eq!(
+            error_text(map_cell_path(root, "/a/../b")),
+            "build cell path must not contain '..': /a/../b"
+        );
+        // `..` inside a name is not a parent segment.
+        assert_eq!(map_cell_path(root, "/a..b").unwrap(), root.join("a..b"));
+    }
+
+    #[test]
+    fn job_root_must_be_absolute_without_parent_segments() {
+        let tmp = TempDir::new().unwrap();
+        let spec = spec(tmp.path());
+        assert_eq!(
+            error_text(prepare_job(Path::new("relative/job"), &spec)),
+            "worker job root must be absolute: relative/job"
+        );
+        let climbing = tmp.path().join("a").join("..").join("job");
+        assert_eq!(
+            error_text(prepare_job(&climbing, &spec)),
+            format!(
+                "worker job root must not contain '..': {}",
+                climbing.display()
+            )
+        );
+        assert!(!tmp.path().join("job").exists());
+    }
+
+    #[test]
+    fn prepare_job_removes_and_recreates_the_job_root() {
+        let tmp = TempDir::new().unwrap();
+        let job_root = tmp.path().join("job");
+        fs::create_dir_all(job_root.join("stale/deeper")).unwrap();
+        fs::write(job_root.join("stale/deeper/file"), "old").unwrap();
+        let job = prepare_job(&job_root, &spec(tmp.path())).unwrap();
+        assert_eq!(
+            job,
+            WorkerJob {
+                root: job_root.clone()
+            }
+        );
+        assert!(!job_root.join("stale").exists());
+        let names: Vec<_> = fs::read_dir(&job_root).unwrap().collect();
+        assert_eq!(names.len(), 1);
+        assert!(job_root.join("workspace").is_dir());
+        // A plain file in the way is replaced by the directory too.
+        fs::remove_dir_all(&job_root).unwrap();
+        fs::write(&job_root, "not a dir").unwrap();
+        prepare_job(&job_root, &spec(tmp.path())).unwrap();
+        assert!(job_root.join("workspace").is_dir());
+    }
+
+    #[test]
+    fn snapshot_seed_is_copied_with_links_and_permissions() {
+        let tmp = TempDir::new().unwrap();
+        let seed = tmp.path().join("seed");
+        fs::create_dir_all(seed.join("sub")).unwrap();
+        fs::write(seed.join("top.txt"), "top").unwrap();
+        fs::write(seed.join("sub/inner.txt"), "inner").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::os::unix::fs::symlink("sub/inner.txt", seed.join("link")).unwrap();
+            fs::set_permissions(seed.join("top.txt"), fs::Permissions::from_mode(0o750)).unwrap();
+            fs::set_permissions(&seed, fs::Permissions::from_mode(0o711)).unwrap();
+        }
+        let mut spec = spec(tmp.path());
+        spec.workspace_seed = WorkspaceSeed::SnapshotDir(HostPath::new(&seed));
+        let job = prepare_job(&tmp.path().join("job"), &spec).unwrap();
+        let workspace = job.root.join("workspace");
+        assert_eq!(
+            fs::read_to_string(workspace.join("top.txt")).unwrap(),
+            "top"
+        );
+        assert_eq!(
+            fs::read_to_string(workspace.join("sub/inner.txt")).unwrap(),
+            "inner"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(
+                fs::read_link(workspace.join("link")).unwrap(),
+                Path::new("sub/inner.txt")
+            );
+            assert_eq!(mode(&workspace.join("top.txt")), 0o750);
+            assert_eq!(mode(&workspace), 0o711);
+        }
+    }
+
+    #[test]
+    fn snapshot_seed_must_be_a_directory() {
+        let tmp = TempDir::new().unwrap();
+        let seed = tmp.path().join("seed-file");
+        fs::write(&seed, "x").unwrap();
+        let mut spec = spec(tmp.path());
+        spec.workspace_seed = WorkspaceSeed::SnapshotDir(HostPath::new(&seed));
+        assert_eq!(
+            error_text(prepare_job(&tmp.path().join("job"), &spec)),
+            format!(
+                "build workspace seed must be a directory: {}",
+                seed.display()
+            )
+        );
+    }
+
+    fn benign_archive() -> Vec<u8> {
+        tar_bytes(&[
+            Member::Dir("src/"),
+            Member::File("src/main.txt", b"main", 0o644),
+            Member::File("./bin/run", b"#!run", 0o755),
+            Member::Symlink("src/up", "../bin/run"),
+            Member::Symlink("to-job-root", ".."),
+            Member::HardLink("src/again.txt", "src/main.txt"),
+        ])
+    }
+
+    fn assert_benign_unpacked(job: &WorkerJob) {
+        let workspace = job.root.join("workspace");
+        assert_eq!(
+            fs::read_to_string(workspace.join("src/main.txt")).unwrap(),
+            "main"
+        );
+        assert_eq!(
+            fs::read_to_string(workspace.join("src/again.txt")).unwrap(),
+            "main"
+        );
+        assert_eq!(
+            fs::read_to_string(workspace.join("src/up")).unwrap(),
+            "#!run"
+        );
+        assert_eq!(
+            fs::read_link(workspace.join("to-job-root")).unwrap(),
+            Path::new("..")
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(workspace.join("bin/run"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o755);
+        }
+    }
+
+    #[test]
+    fn tar_seed_is_unpacked() {
+        let tmp = TempDir::new().unwrap();
+        let (spec, job_root) = archive_fixture(&tmp, "seed.tar", &benign_archive());
+        let job = prepare_job(&job_root, &spec).unwrap();
+        assert_benign_unpacked(&job);
+        outside_is_untouched(&tmp);
+    }
+
+    #[test]
+    fn gzip_seeds_are_unpacked_by_suffix() {
+        for name in ["seed.tar.gz", "seed.tgz"] {
+            let tmp = TempDir::new().unwrap();
+            let (spec, job_root) = archive_fixture(&tmp, name, &gzip(&benign_archive()));
+            let job = prepare_job(&job_root, &spec).unwrap();
+            assert_benign_unpacked(&job);
+        }
+    }
+
+    #[test]
+    fn unknown_archive_suffix_is_rejected() {
+        let tmp = TempDir::new().unwrap();
+        let (spec, job_root) = archive_fixture(&tmp, "seed.zip", b"PK");
+        let archive = tmp.path().join("seed.zip");
+        assert_eq!(
+            error_text(prepare_job(&job_root, &spec)),
+            format!(
+                "unsupported workspace archive format {} (expected .tar, .tar.gz, or .tgz)",
+                archive.display()
+            )
+        );
+    }
+
+    #[test]
+    fn hostile_seed_archives_cannot_escape_the_job_root() {
+        let cases: Vec<(Vec<Member<'_>>, &str)> = vec![
+            (
+                vec![Member::File("/outside/abs", b"x", 0o644)],
+                "contained an unsafe path /outside/abs",
+            ),
+            (
+                vec![Member::File("../../outside/up", b"x", 0o644)],
+                "contained an unsafe path ../../outside/up",
+            ),
+            (
+                vec![Member::File("a/../../../outside/mid", b"x", 0o644)],
+                "contained an unsafe path a/../../../outside/mid",
+            ),
+            (
+                vec![Member::Symlink("esc", "../../outside")],
+                "entry esc links outside the job root: ../../outside",
+            ),
+            (
+                vec![Member::Symlink("abs", "/tmp")],
+                "entry abs links outside the job root: /tmp",
+            ),
+            (
+                vec![Member::Symlink("d/zig", "x/../../../outside")],
+                "entry d/zig links outside the job root: x/../../../outside",
+            ),
+            (
+                vec![
+                    Member::Symlink("inner", "."),
+                    Member::File("inner/through", b"x", 0o644),
+                ],
+                "entry inner/through traverses a symlink at",
+            ),
+            (
+                vec![
+                    Member::File("plain", b"x", 0o644),
+                    Member::File("plain/child", b"x", 0o644),
+                ],
+                "entry plain/child traverses a non-directory at",
+            ),
+            (
+                vec![Member::HardLink("hard", "../../outside/file")],
+                "contained an unsafe path ../../outside/file",
+            ),
+            (
+                vec![
+                    Member::Symlink("soft", "."),
+                    Member::HardLink("hard", "soft"),
+                ],
+                "hard link soft must name a regular file already in the archive",
+            ),
+            (
+                vec![Member::File(".", b"x", 0o644)],
+                "contained an unsafe path .",
+            ),
+        ];
+        for (members, expected) in cases {
+            let tmp = TempDir::new().unwrap();
+            let (spec, job_root) = archive_fixture(&tmp, "seed.tar", &tar_bytes(&members));
+            let message = error_text(prepare_job(&job_root, &spec));
+            assert!(
+                message.starts_with("workspace archive ") && message.contains(expected),
+                "expected {expected:?}, got {message:?}"
+            );
+            outside_is_untouched(&tmp);
+        }
+    }
+
+    #[test]
+    fn later_members_replace_earlier_links_instead_of_following_them() {
+        let tmp = TempDir::new().unwrap();
+        let members = [
+            Member::Symlink("link", "."),
+            Member::File("link", b"now a file", 0o644),
+        ];
+        let (spec, job_root) = archive_fixture(&tmp, "seed.tar", &tar_bytes(&members));
+        let job = prepare_job(&job_root, &spec).unwrap();
+        let link = job.root.join("workspace/link");
+        assert!(fs::symlink_metadata(&link).unwrap().is_file());
+        assert_eq!(fs::read_to_string(link).unwrap(), "now a file");
+    }
+
+    #[test]
+    fn link_confinement_counts_climbs_before_names() {
+        assert!(seed_archive::link_stays_inside(Path::new("a/b"), 0));
+        assert!(seed_archive::link_stays_inside(Path::new("./a"), 0));
+        assert!(seed_archive::link_stays_inside(Path::new("../a"), 1));
+        assert!(seed_archive::link_stays_inside(Path::new("../../a"), 2));
+        assert!(!seed_archive::link_stays_inside(Path::new("../../a"), 1));
+        assert!(!seed_archive::link_stays_inside(Path::new("a/../b"), 3));
+        assert!(!seed_archive::link_stays_inside(Path::new("/a"), 5));
+    }
+
+    #[test]
+    fn imports_and_caches_are_staged_at_their_cell_paths() {
+        let tmp = TempDir::new().unwrap();
+        let import_file = tmp.path().join("imported.txt");
+        let import_dir = tmp.path().join("tool");
+        let cache = tmp.path().join("cache");
+        fs::write(&import_file, "imported").unwrap();
+        fs::create_dir_all(import_dir.join("bin")).unwrap();
+        fs::write(import_dir.join("bin/tool"), "tool").unwrap();
+        fs::create_dir_all(&cache).unwrap();
+        fs::write(cache.join("state"), "cached").unwrap();
+        let mut spec = spec(tmp.path());
+        spec.imports = vec![
+            ImportSpec {
+                source: HostPath::new(&import_file),
+                destination: "/workspace/imported.txt".into(),
+            },
+            ImportSpec {
+                source: HostPath::new(&import_dir),
+                destination: "/opt/tool".into(),
+            },
+        ];
+        spec.caches = vec![
+            CacheSpec {
+                source: HostPath::new(&cache),
+                destination: "/cache".into(),
+            },
+            CacheSpec {
+                source: HostPath::new(tmp.path().join("missing-cache")),
+                destination: "/var/new-cache".into(),
+            },
+        ];
+        let job = prepare_job(&tmp.path().join("job"), &spec).unwrap();
+        let read = |relative: &str| fs::read_to_string(job.root.join(relative)).unwrap();
+        assert_eq!(read("workspace/imported.txt"), "imported");
+        assert_eq!(read("opt/tool/bin/tool"), "tool");
+        assert_eq!(read("cache/state"), "cached");
+        let new_cache = job.root.join("var/new-cache");
+        assert!(new_cache.is_dir());
+        assert_eq!(fs::read_dir(new_cache).unwrap().count(), 0);
+        assert!(!tmp.path().join("missing-cache").exists());
+    }
+
+    #[test]
+    fn a_missing_import_source_fails() {
+        let tmp = TempDir::new().unwrap();
+        let missing = tmp.path().join("nope");
+        let mut spec = spec(tmp.path());
+        spec.imports = vec![ImportSpec {
+            source: HostPath::new(&missing),
+            destination: "/in".into(),
+        }];
+        assert_eq!(
+            error_text(prepare_job(&tmp.path().join("job"), &spec)),
+            format!("failed to inspect {}", missing.display())
+        );
+    }
+
+    #[test]
+    fn worker_command_maps_cwd_and_clears_the_environment() {
+        let tmp = TempDir::new().unwrap();
+        let job = prepare_job(&tmp.path().join("job"), &spec(tmp.path())).unwrap();
+        let mut spec = spec(tmp.path());
+        spec.command = CommandSpec {
+            cwd: "/work/dir".into(),
+            executable: "/usr/bin/env".to_string(),
+            argv: vec!["-0".to_string()],
+        };
+        spec.env = vec![
+            ("B".to_string(), "2".to_string()),
+            ("A".to_string(), "1".to_string()),
+        ];
+        spec.limits.max_processes = Some(1);
+        let mut command = build_worker_command(&spec, &job).unwrap();
+        let cwd = job.root.join("work/dir");
+        assert!(cwd.is_dir());
+        assert_eq!(command.get_current_dir(), Some(cwd.as_path()));
+        // An absolute executable is a host path, not mapped into the job.
+        assert_eq!(command.get_program(), "/usr/bin/env");
+        assert_eq!(command.get_args().collect::<Vec<_>>(), ["-0"]);
+        let output = command.stdout(Stdio::piped()).output().unwrap();
+        assert!(output.status.success());
+        let mut lines: Vec<_> = output.stdout.split(|&b| b == 0).collect();
+        lines.retain(|line| !line.is_empty());
+        lines.sort();
+        assert_eq!(lines, [&b"A=1"[..], &b"B=2"[..]]);
+    }
+
+    #[test]
+    fn worker_command_validates_cwd_and_executable() {
+        let tmp = TempDir::new().unwrap();
+        let job = WorkerJob {
+            root: tmp.path().join("job"),
+        };
+        let attempt = |cwd: &str, executable: &str| {
+            let mut spec = spec(tmp.path());
+            spec.command.cwd = CellPath::new(cwd);
+            spec.command.executable = executable.to_string();
+            build_worker_command(&spec, &job)
+                .map(|command| command.get_program().to_string_lossy().into_owned())
+        };
+        assert_eq!(
+            error_text(attempt("w", "make")),
+            "build cell cwd must be absolute: w"
+        );
+        assert_eq!(
+            error_text(attempt("/w\\x", "make")),
+            "build cell cwd must use '/' separators: /w\\x"
+        );
+        assert_eq!(
+            error_text(attempt("/w/..", "make")),
+            "build cell cwd must not contain '..': /w/.."
+        );
+        assert_eq!(
+            error_text(attempt("/w", "")),
+            "build cell executable must not be empty"
+        );
+        assert_eq!(
+            error_text(attempt("/w", "bin/make")),
+            "build cell executable must be absolute or a bare command name: bin/make"
+        );
+        assert_eq!(
+            error_text(attempt("/w", "make\\x")),
+            "build cell executable must be absolute or a bare command name: make\\x"
+        );
+        assert_eq!(
+            error_text(attempt("/w", "..")),
+            "build cell executable must not contain '..': .."
+        );
+        assert_eq!(
+            error_text(attempt("/w", "/usr/../bin/make")),
+            "build cell executable must not contain '..': /usr/../bin/make"
+        );
+        assert_eq!(
+            error_text(attempt("/w", "/usr\\make")),
+            "build cell executable must use '/' separators: /usr\\make"
+        );
+        assert!(
+            !job.root.exists(),
+            "validation must fail before creating the cwd"
+        );
+        assert_eq!(attempt("/w", "make").unwrap(), "make");
+        assert!(job.root.join("w").is_dir());
+    }
+
+    #[test]
+    fn cache_sync_replaces_the_host_cache() {
+        let tmp = TempDir::new().unwrap();
+        let cache = tmp.path().join("cache");
+        fs::create_dir_all(&cache).unwrap();
+        fs::write(cache.join("kept"), "old").unwrap();
+        fs::write(cache.join("deleted"), "old").unwrap();
+        let mut spec = spec(tmp.path());
+        spec.caches = vec![CacheSpec {
+            source: HostPath::new(&cache),
+            destination: "/cache".into(),
+        }];
+        let job = prepare_job(&tmp.path().join("job"), &spec).unwrap();
+        fs::remove_file(job.root.join("cache/deleted")).unwrap();
+        fs::write(job.root.join("cache/kept"), "new").unwrap();
+        fs::write(job.root.join("cache/added"), "added").unwrap();
+        sync_worker_caches(&spec, &job).unwrap();
+        assert_eq!(fs::read_to_string(cache.join("kept")).unwrap(), "new");
+        assert_eq!(fs::read_to_string(cache.join("added")).unwrap(), "added");
+        assert!(!cache.join("deleted").exists());
+    }
+
+    #[test]
+    fn exports_are_copied_and_missing_ones_fail_only_after_success() {
+        let tmp = TempDir::new().unwrap();
+        let out_dir = tmp.path().join("out");
+        fs::create_dir_all(out_dir.join("stale-dir")).unwrap();
+        let mut spec = spec(tmp.path());
+        spec.exports = vec![ExportSpec {
+            source: "/workspace/out.txt".into(),
+            destination: HostPath::new(out_dir.join("stale-dir")),
+        }];
+        let job = prepare_job(&tmp.path().join("job"), &spec).unwrap();
+
+        copy_worker_exports(&spec, &job, false).unwrap();
+        assert!(
+            out_dir.join("stale-dir").is_dir(),
+            "skipped export must not touch"
+        );
+        assert_eq!(
+            error_text(copy_worker_exports(&spec, &job, true)),
+            format!(
+                "expected build export /workspace/out.txt to exist at {}",
+                job.root.join("workspace/out.txt").display()
+            )
+        );
+
+        fs::write(job.root.join("workspace/out.txt"), "built").unwrap();
+        copy_worker_exports(&spec, &job, true).unwrap();
+        assert_eq!(
+            fs::read_to_string(out_dir.join("stale-dir")).unwrap(),
+            "built"
+        );
+    }
+
+    #[test]
+    fn requests_load_from_a_path_or_an_environment_variable() {
+        let tmp = TempDir::new().unwrap();
+        let request = tmp.path().join("request.json");
+        let spec = spec(tmp.path());
+        write_build_cell_request(&request, &spec).unwrap();
+        assert_eq!(load_request(&request).unwrap(), spec);
+
+        let variable = format!("METALOR_WORKER_SUPPORT_TEST_{}", std::process::id());
+        assert_eq!(
+            error_text(load_request_from_env_var(
+                &variable,
+                "missing test variable"
+            )),
+            "missing test variable"
+        );
+        std::env::set_var(&variable, &request);
+        let loaded = load_request_from_env_var(&variable, "missing test variable");
+        std::env::remove_var(&variable);
+        assert_eq!(loaded.unwrap(), spec);
+    }
+
+    #[test]
+    fn dot_identifiers_follow_reverse_dns_rules() {
+        validate_dot_identifier("com.example-app.my_worker2", "bundle identifier").unwrap();
+        validate_dot_identifier("single", "bundle identifier").unwrap();
+        assert_eq!(
+            error_text(validate_dot_identifier("", "bundle identifier")),
+            "bundle identifier must not be empty"
+        );
+        for bad in [".com.x", "com.x.", "com..x", "."] {
+            assert_eq!(
+                error_text(validate_dot_identifier(bad, "service name")),
+                format!(
+                    "service name must be dot-separated and must not contain empty components: {bad}"
+                )
+            );
+        }
+        for bad in ["com.ex ample", "com/x", "caf\u{e9}.x", "a.b+c"] {
+            assert_eq!(
+                error_text(validate_dot_identifier(bad, "application identifier")),
+                format!(
+                    "application identifier must contain only ASCII letters, digits, '-', '_', and '.': {bad}"
+                )
+            );
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn host_commands_are_logged_and_failures_reported() {
+        let mut log = String::new();
+        let missing = "/nonexistent/metalor-helper";
+        assert_eq!(
+            error_text(run_host_command(OsStr::new(missing), &["a", "b"], &mut log)),
+            format!("failed to spawn {missing}")
+        );
+        assert_eq!(log, format!("run host {missing} a b\n"));
+
+        let mut log = String::new();
+        let message = error_text(run_host_command(OsStr::new("false"), &[], &mut log));
+        assert!(
+            message.starts_with("host command 'false' failed with status"),
+            "{message}"
+        );
+        assert_eq!(log, "run host false \n");
+
+        let mut log = String::new();
+        let output = run_host_command(OsStr::new("echo"), &["hello"], &mut log).unwrap();
+        assert_eq!(output.stdout, b"hello\n");
+        assert_eq!(log, "run host echo hello\nhello\n");
+    }
+}
