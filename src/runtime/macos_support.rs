@@ -262,3 +262,183 @@ fn ensure_args<'a>(vm_name: &'a str, bundle: &'a str) -> [&'a str; 5] {
 fn shell_args<'a>(vm_name: &'a str, script: &'a str) -> [&'a str; 5] {
     ["shell", "--vm-name", vm_name, "--script", script]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{read_build_cell_request, CommandSpec, HostPath, WorkspaceSeed};
+
+    fn error_text(result: Result<impl std::fmt::Debug>) -> String {
+        result.expect_err("expected an error").to_string()
+    }
+
+    #[test]
+    fn helper_target_derives_bundle_paths() {
+        let target = HelperTarget::new("com.example.app", "com.example.app.worker").unwrap();
+        assert_eq!(target.xpc_bundle_name(), "com.example.app.worker.xpc");
+        assert_eq!(
+            target.bundle_relative_path(),
+            Path::new("Contents/XPCServices/com.example.app.worker.xpc")
+        );
+        assert_eq!(
+            target.executable_relative_path(),
+            Path::new("Contents/XPCServices/com.example.app.worker.xpc/Contents/MacOS/worker")
+        );
+        assert_eq!(target.executable_name(), "worker");
+        let nested = HelperTarget::new("com.x", "com.x.tools.build-helper").unwrap();
+        assert_eq!(nested.executable_name(), "build-helper");
+    }
+
+    #[test]
+    fn helper_target_validation_names_the_bad_part() {
+        assert_eq!(
+            error_text(HelperTarget::new("", "com.x.worker")),
+            "bundle identifier must not be empty"
+        );
+        assert_eq!(
+            error_text(HelperTarget::new("com.x", "com..x.worker")),
+            "service name must be dot-separated and must not contain empty components: com..x.worker"
+        );
+        assert_eq!(
+            error_text(HelperTarget::new("com.x!", "com.x!.worker")),
+            "bundle identifier must contain only ASCII letters, digits, '-', '_', and '.': com.x!"
+        );
+        assert_eq!(
+            error_text(HelperTarget::new("com.x", "com.other.worker")),
+            "service name com.other.worker must start with bundle identifier com.x."
+        );
+        assert_eq!(
+            error_text(HelperTarget::new("com.x", "com.x")),
+            "service name com.x must start with bundle identifier com.x."
+        );
+        assert_eq!(
+            error_text(HelperTarget::new("com.x", "com.xy.worker")),
+            "service name com.xy.worker must start with bundle identifier com.x."
+        );
+        // Fields are public, so a target built by hand is checked on its own.
+        let by_hand = HelperTarget {
+            bundle_identifier: "com.x".to_string(),
+            service_name: "com.x.".to_string(),
+        };
+        assert_eq!(
+            error_text(validate_helper_target(&by_hand)),
+            "service name must be dot-separated and must not contain empty components: com.x."
+        );
+        validate_bundle_identifier("com.example").unwrap();
+        validate_service_name("com.example.worker").unwrap();
+    }
+
+    #[test]
+    fn templates_carry_placeholders_and_entitlements() {
+        for placeholder in [
+            "__METALOR_HELPER_EXECUTABLE__",
+            "__METALOR_HELPER_BUNDLE_IDENTIFIER__",
+            "__METALOR_HELPER_SERVICE_NAME__",
+            "<string>XPC!</string>",
+            "<key>ServiceType</key>",
+            "<string>Application</string>",
+            "CFBundleIdentifier",
+        ] {
+            assert!(
+                HELPER_INFO_PLIST_TEMPLATE.contains(placeholder),
+                "{placeholder}"
+            );
+        }
+        assert!(NETWORKED_HELPER_ENTITLEMENTS_TEMPLATE.contains("com.apple.security.app-sandbox"));
+        assert!(
+            NETWORKED_HELPER_ENTITLEMENTS_TEMPLATE.contains("com.apple.security.network.client")
+        );
+        assert!(OFFLINE_HELPER_ENTITLEMENTS_TEMPLATE.contains("com.apple.security.app-sandbox"));
+        assert!(!OFFLINE_HELPER_ENTITLEMENTS_TEMPLATE.contains("network"));
+    }
+
+    #[test]
+    fn helper_request_is_written_and_passed_by_environment() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let scratch = tmp.path().join("scratch");
+        let spec = BuildCellSpec {
+            root: HostPath::new("/root"),
+            scratch: HostPath::new(&scratch),
+            workspace_path: "/workspace".into(),
+            workspace_seed: WorkspaceSeed::Empty,
+            imports: Vec::new(),
+            caches: Vec::new(),
+            exports: Vec::new(),
+            command: CommandSpec {
+                cwd: "/workspace".into(),
+                executable: "make".to_string(),
+                argv: vec!["all".to_string()],
+            },
+            env: vec![("PATH".to_string(), "/bin".to_string())],
+            network: Default::default(),
+            limits: Default::default(),
+            cleanup: Default::default(),
+        };
+        let request = prepare_helper_request(&scratch, &spec).unwrap();
+        assert_eq!(request, scratch.join("build-cell-request.json"));
+        assert_eq!(read_build_cell_request(&request).unwrap(), spec);
+        assert_eq!(
+            helper_environment(&request),
+            vec![(
+                "METALOR_MACOS_BUILD_CELL_REQUEST".to_string(),
+                request.display().to_string()
+            )]
+        );
+        assert_eq!(HELPER_REQUEST_ENV, "METALOR_MACOS_BUILD_CELL_REQUEST");
+    }
+
+    #[test]
+    fn helper_request_env_loader_reports_a_missing_variable() {
+        // Nothing in the test suite sets this variable.
+        assert!(std::env::var_os(HELPER_REQUEST_ENV).is_none());
+        assert_eq!(
+            error_text(load_request_from_env()),
+            "missing required macOS helper request environment variable"
+        );
+    }
+
+    #[test]
+    fn apple_provider_validates_and_builds_helper_argv() {
+        let provider = AppleLinuxProvider::new("/opt/metalor/avf-helper", "metalor").unwrap();
+        assert_eq!(provider.helper(), Path::new("/opt/metalor/avf-helper"));
+        assert_eq!(provider.vm_name(), "metalor");
+        let command = provider.spawn_shell("printf ready").unwrap();
+        assert_eq!(command.get_program(), "/opt/metalor/avf-helper");
+        assert_eq!(
+            command.get_args().collect::<Vec<_>>(),
+            ["shell", "--vm-name", "metalor", "--script", "printf ready"]
+        );
+        assert_eq!(
+            ensure_args("metalor", DEFAULT_APPLE_LINUX_BUNDLE),
+            ["ensure", "--vm-name", "metalor", "--bundle", "ubuntu-24.04"]
+        );
+        assert_eq!(
+            error_text(AppleLinuxProvider::new("relative-helper", "metalor")),
+            "Apple Linux provider helper must be an absolute path: relative-helper"
+        );
+        assert_eq!(
+            error_text(AppleLinuxProvider::new("/opt/helper", "  \t")),
+            "Apple Linux provider VM name must not be empty"
+        );
+    }
+
+    #[test]
+    fn apple_provider_ensure_logs_the_helper_call() {
+        let provider = AppleLinuxProvider::new("/nonexistent/avf-helper", "vm1").unwrap();
+        let mut log = String::new();
+        assert_eq!(
+            error_text(provider.ensure_available(" ", &mut log)),
+            "Apple Linux provider bundle name must not be empty"
+        );
+        assert!(log.is_empty());
+        let message = error_text(provider.ensure_available(DEFAULT_APPLE_LINUX_BUNDLE, &mut log));
+        assert_eq!(
+            message,
+            "failed to use Apple Linux provider helper /nonexistent/avf-helper for VM 'vm1'"
+        );
+        assert_eq!(
+            log,
+            "run host /nonexistent/avf-helper ensure --vm-name vm1 --bundle ubuntu-24.04\n"
+        );
+    }
+}

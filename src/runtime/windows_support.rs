@@ -286,3 +286,304 @@ fn decode_wsl_output(bytes: &[u8]) -> Result<String> {
         .collect();
     String::from_utf16(&units).context("wsl.exe output was not valid UTF-16LE")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{read_build_cell_request, CommandSpec, HostPath, WorkspaceSeed};
+    use std::cell::Cell;
+
+    fn error_text(result: Result<impl std::fmt::Debug>) -> String {
+        result.expect_err("expected an error").to_string()
+    }
+
+    fn utf16le(text: &str, bom: bool) -> Vec<u8> {
+        let mut bytes = if bom { vec![0xff, 0xfe] } else { Vec::new() };
+        bytes.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+        bytes
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|name| name.to_string()).collect()
+    }
+
+    #[test]
+    fn worker_target_validation_messages() {
+        let absolute = std::env::temp_dir().join("worker.exe");
+        let target = WorkerTarget::new(&absolute, Some("build".to_string())).unwrap();
+        validate_worker_target(&target).unwrap();
+        WorkerTarget::new(&absolute, None).unwrap();
+        assert_eq!(
+            error_text(WorkerTarget::new("worker.exe", None)),
+            "Windows worker executable must be absolute: worker.exe"
+        );
+        assert_eq!(
+            error_text(WorkerTarget::new(&absolute, Some(String::new()))),
+            "Windows worker subcommand must not be empty"
+        );
+    }
+
+    #[test]
+    fn broker_command_passes_the_request_path() {
+        let executable = std::env::temp_dir().join("worker.exe");
+        let request = Path::new("/scratch/build-cell-request.json");
+        let target = WorkerTarget::new(&executable, Some("worker-run".to_string())).unwrap();
+        let command = build_worker_command(&target, request).unwrap();
+        assert_eq!(command.get_program(), executable.as_os_str());
+        assert_eq!(command.get_args().collect::<Vec<_>>(), ["worker-run"]);
+        let envs: Vec<_> = command.get_envs().collect();
+        assert_eq!(
+            envs,
+            [(
+                OsStr::new("METALOR_WINDOWS_BUILD_CELL_REQUEST"),
+                Some(request.as_os_str())
+            )]
+        );
+
+        let bare = WorkerTarget::new(&executable, None).unwrap();
+        let command = build_worker_command(&bare, request).unwrap();
+        assert_eq!(command.get_args().count(), 0);
+
+        let by_hand = WorkerTarget {
+            executable: PathBuf::from("relative.exe"),
+            subcommand: None,
+        };
+        assert_eq!(
+            error_text(build_worker_command(&by_hand, request)),
+            "Windows worker executable must be absolute: relative.exe"
+        );
+    }
+
+    #[test]
+    fn application_ids_and_profile_names() {
+        validate_application_id("com.example.metalorexample").unwrap();
+        assert_eq!(
+            error_text(validate_application_id("")),
+            "application identifier must not be empty"
+        );
+        assert_eq!(
+            error_text(validate_application_id("com..x")),
+            "application identifier must be dot-separated and must not contain empty components: com..x"
+        );
+        assert_eq!(
+            error_text(validate_application_id("com.x y")),
+            "application identifier must contain only ASCII letters, digits, '-', '_', and '.': com.x y"
+        );
+        assert_eq!(
+            appcontainer_profile_name("com.example.metalorexample"),
+            "com.example.metalorexample"
+        );
+        assert_eq!(
+            appcontainer_profile_name("My App/v2:caf\u{e9}_x-y.z"),
+            "My-App-v2-caf-_x-y.z"
+        );
+    }
+
+    #[test]
+    fn worker_request_is_written_and_loaded() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let spec = BuildCellSpec {
+            root: HostPath::new("/root"),
+            scratch: HostPath::new(tmp.path()),
+            workspace_path: "/workspace".into(),
+            workspace_seed: WorkspaceSeed::Empty,
+            imports: Vec::new(),
+            caches: Vec::new(),
+            exports: Vec::new(),
+            command: CommandSpec {
+                cwd: "/workspace".into(),
+                executable: "pwsh.exe".to_string(),
+                argv: Vec::new(),
+            },
+            env: Vec::new(),
+            network: Default::default(),
+            limits: Default::default(),
+            cleanup: Default::default(),
+        };
+        let request = prepare_worker_request(tmp.path(), &spec).unwrap();
+        assert_eq!(request, tmp.path().join("build-cell-request.json"));
+        assert_eq!(read_build_cell_request(&request).unwrap(), spec);
+    }
+
+    #[test]
+    fn worker_request_env_loader_reports_a_missing_variable() {
+        // Nothing in the test suite sets this variable.
+        assert!(std::env::var_os(WORKER_REQUEST_ENV).is_none());
+        assert_eq!(
+            error_text(load_request_from_env()),
+            "missing required Windows worker request environment variable"
+        );
+    }
+
+    #[test]
+    fn wsl_list_output_decodes_utf16le_and_utf8() {
+        let expected = names(&["Ubuntu-24.04", "Debian"]);
+        let text = "Ubuntu-24.04\r\nDebian\r\n";
+        assert_eq!(
+            parse_wsl_list_output(&utf16le(text, true)).unwrap(),
+            expected
+        );
+        assert_eq!(
+            parse_wsl_list_output(&utf16le(text, false)).unwrap(),
+            expected
+        );
+        assert_eq!(parse_wsl_list_output(text.as_bytes()).unwrap(), expected);
+        // A BOM character, padding and blank lines are dropped.
+        assert_eq!(
+            parse_wsl_list_output("\u{feff}Ubuntu-24.04\n  \r\n  Debian  \n\n".as_bytes()).unwrap(),
+            expected
+        );
+        assert_eq!(
+            parse_wsl_list_output(&utf16le("\u{feff}Alpine\r\n\r\n", false)).unwrap(),
+            names(&["Alpine"])
+        );
+        assert!(parse_wsl_list_output(b"").unwrap().is_empty());
+        assert!(parse_wsl_list_output(&[0xff, 0xfe]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn wsl_list_output_rejects_undecodable_bytes() {
+        assert_eq!(
+            error_text(parse_wsl_list_output(&[b'a', 0xc3, b'b'])),
+            "wsl.exe output was not valid UTF-8"
+        );
+        // A lone high surrogate (D800) is not UTF-16.
+        assert_eq!(
+            error_text(parse_wsl_list_output(&[0xff, 0xfe, 0x00, 0xd8, b'a', 0])),
+            "wsl.exe output was not valid UTF-16LE"
+        );
+    }
+
+    #[test]
+    fn wsl_distro_resolution_prefers_explicit_then_default_then_first() {
+        let called = Cell::new(false);
+        let resolved = resolve_wsl_distro_with(Some("  Debian \n"), || {
+            called.set(true);
+            Ok(Vec::new())
+        })
+        .unwrap();
+        assert_eq!(
+            resolved,
+            WslResolution {
+                distro: "Debian".to_string(),
+                auto_install: false
+            }
+        );
+        assert!(
+            !called.get(),
+            "an explicit distro must not list installed ones"
+        );
+
+        let resolve = |explicit: Option<&str>, installed: &[&str]| {
+            resolve_wsl_distro_with(explicit, || Ok(names(installed))).unwrap()
+        };
+        let default = WslResolution {
+            distro: DEFAULT_WSL_DISTRO.to_string(),
+            auto_install: true,
+        };
+        assert_eq!(resolve(None, &["Debian", "Ubuntu-24.04"]), default);
+        assert_eq!(resolve(Some("   "), &["Ubuntu-24.04"]), default);
+        assert_eq!(
+            resolve(None, &["Debian", "Alpine"]),
+            WslResolution {
+                distro: "Debian".to_string(),
+                auto_install: false
+            }
+        );
+        assert_eq!(resolve(None, &[]), default);
+        assert_eq!(DEFAULT_WSL_DISTRO, "Ubuntu-24.04");
+
+        let failure = resolve_wsl_distro_with(None, || bail!("wsl.exe is missing"));
+        assert_eq!(error_text(failure), "wsl.exe is missing");
+    }
+
+    #[test]
+    fn wsl_provider_validates_and_builds_wsl_argv() {
+        let provider = WslProvider::new(DEFAULT_WSL_DISTRO).unwrap();
+        assert_eq!(provider.distro(), "Ubuntu-24.04");
+        let command = provider.spawn_shell("printf ready").unwrap();
+        assert_eq!(command.get_program(), "wsl.exe");
+        assert_eq!(
+            command.get_args().collect::<Vec<_>>(),
+            [
+                "--distribution",
+                "Ubuntu-24.04",
+                "--user",
+                "root",
+                "--",
+                "bash",
+                "-lc",
+                "printf ready"
+            ]
+        );
+        assert_eq!(
+            error_text(WslProvider::new("  ")),
+            "WSL distro name must not be empty"
+        );
+    }
+
+    fn ensure_calls(
+        installed: &[&str],
+        auto_install: bool,
+        fail: bool,
+    ) -> (Result<()>, Vec<Vec<String>>) {
+        let provider = WslProvider::new("Debian").unwrap();
+        let mut calls = Vec::new();
+        let mut log = String::new();
+        let result = provider.ensure_with(
+            &names(installed),
+            auto_install,
+            &mut log,
+            &mut |args, _log| {
+                calls.push(args.iter().map(|arg| arg.to_string()).collect());
+                if fail {
+                    bail!("wsl.exe failed");
+                }
+                Ok(())
+            },
+        );
+        (result, calls)
+    }
+
+    #[test]
+    fn wsl_provider_ensure_installs_only_when_allowed() {
+        let probe = names(&[
+            "--distribution",
+            "Debian",
+            "--user",
+            "root",
+            "--",
+            "bash",
+            "-lc",
+            "true",
+        ]);
+        let install = names(&[
+            "--install",
+            "--distribution",
+            "Debian",
+            "--no-launch",
+            "--web-download",
+        ]);
+
+        let (result, calls) = ensure_calls(&["Debian"], false, false);
+        result.unwrap();
+        assert_eq!(calls, std::slice::from_ref(&probe));
+
+        let (result, calls) = ensure_calls(&["Ubuntu-24.04"], false, false);
+        assert_eq!(
+            error_text(result),
+            "WSL distro 'Debian' is not installed and auto-install is disabled"
+        );
+        assert!(calls.is_empty());
+
+        let (result, calls) = ensure_calls(&[], true, false);
+        result.unwrap();
+        assert_eq!(calls, [install, probe.clone()]);
+
+        let (result, _) = ensure_calls(&[], true, true);
+        assert_eq!(error_text(result), "failed to install WSL distro 'Debian'");
+        let (result, calls) = ensure_calls(&["Debian"], false, true);
+        assert_eq!(error_text(result), "failed to use WSL distro 'Debian'");
+        assert_eq!(calls, [probe]);
+    }
+}
