@@ -91,7 +91,7 @@ pub(crate) fn prepare_job(job_root: &Path, spec: &BuildCellSpec) -> Result<Worke
     }
     for cache in &spec.caches {
         let destination = map_cell_path(&job.root, cache.destination.as_str())?;
-        if fs::symlink_metadata(cache.source.as_path()).is_ok() {
+        if cache.source.as_path().exists() {
             copy_path(cache.source.as_path(), &destination)?;
         } else {
             // A cache that does not exist yet starts empty; the job fills it.
@@ -195,7 +195,8 @@ pub(crate) fn copy_worker_exports(
 ) -> Result<()> {
     for export in &spec.exports {
         let staged = map_cell_path(&job.root, export.source.as_str())?;
-        if fs::symlink_metadata(&staged).is_err() {
+        // Like upstream, a dangling symlink counts as missing.
+        if !staged.exists() {
             if command_succeeded {
                 bail!(
                     "expected build export {} to exist at {}",
