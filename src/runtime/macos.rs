@@ -4,11 +4,10 @@
 //!
 //! The logic lives in the ungated `macos_support` and `worker_support`
 //! modules so that Linux CI tests it; this module keeps upstream's public
-//! path and names. The provider's `ProviderShell` impl is wired at merge
-//! (see the `TODO(merge)` on `AppleLinuxProvider::spawn_shell`).
+//! path and names.
 #![forbid(unsafe_code)]
 
-use crate::runtime::{worker_support, BackendCaps, BuildCellSpec};
+use crate::runtime::{worker_support, BuildCellSpec};
 use anyhow::Result;
 use std::path::Path;
 use std::process::Command;
@@ -21,18 +20,7 @@ pub use crate::runtime::macos_support::{
 };
 pub use crate::runtime::worker_support::WorkerJob;
 
-/// What the macOS helper backend offers: no OCI rootfs, bind mounts or
-/// foreign-arch execution, and network access fixed by the helper's
-/// signing profile rather than per job.
-pub fn backend_caps() -> BackendCaps {
-    BackendCaps {
-        oci_rootfs: false,
-        live_bind_mounts: false,
-        foreign_arch_exec: false,
-        per_job_network_toggle: false,
-        profile_selected_network: true,
-    }
-}
+pub use crate::runtime::backend_caps;
 
 /// Reads a request file, for a helper given its path some other way.
 pub fn load_request(request_path: &Path) -> Result<BuildCellSpec> {

@@ -245,10 +245,11 @@ impl AppleLinuxProvider {
         })?;
         Ok(())
     }
+}
 
+impl crate::runtime::linux_provider::ProviderShell for AppleLinuxProvider {
     /// A command that runs `script` in the VM's shell through the helper.
-    // TODO(merge): impl linux_provider::ProviderShell
-    pub fn spawn_shell(&self, script: &str) -> Result<Command> {
+    fn spawn_shell(&self, script: &str) -> Result<Command> {
         let mut command = Command::new(&self.helper);
         command.args(shell_args(&self.vm_name, script));
         Ok(command)
@@ -266,6 +267,7 @@ fn shell_args<'a>(vm_name: &'a str, script: &'a str) -> [&'a str; 5] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::linux_provider::ProviderShell;
     use crate::runtime::{read_build_cell_request, CommandSpec, HostPath, WorkspaceSeed};
 
     fn error_text(result: Result<impl std::fmt::Debug>) -> String {

@@ -4,11 +4,10 @@
 //!
 //! The logic lives in the ungated `windows_support` and `worker_support`
 //! modules so that Linux CI tests it; this module keeps upstream's public
-//! path and names. The provider's `ProviderShell` impl is wired at merge
-//! (see the `TODO(merge)` on `WslProvider::spawn_shell`).
+//! path and names.
 #![forbid(unsafe_code)]
 
-use crate::runtime::{worker_support, BackendCaps, BuildCellSpec};
+use crate::runtime::{worker_support, BuildCellSpec};
 use anyhow::Result;
 use std::path::Path;
 use std::process::Command;
@@ -21,17 +20,7 @@ pub use crate::runtime::windows_support::{
 };
 pub use crate::runtime::worker_support::WorkerJob;
 
-/// What the Windows worker backend offers: no OCI rootfs, bind mounts or
-/// foreign-arch execution, but network access can be toggled per job.
-pub fn backend_caps() -> BackendCaps {
-    BackendCaps {
-        oci_rootfs: false,
-        live_bind_mounts: false,
-        foreign_arch_exec: false,
-        per_job_network_toggle: true,
-        profile_selected_network: false,
-    }
-}
+pub use crate::runtime::backend_caps;
 
 /// Reads a request file, for a worker given its path some other way.
 pub fn load_request(request_path: &Path) -> Result<BuildCellSpec> {

@@ -180,10 +180,11 @@ impl WslProvider {
         run(&root_shell_args(&self.distro, "true"), log)
             .with_context(|| format!("failed to use WSL distro '{}'", self.distro))
     }
+}
 
+impl crate::runtime::linux_provider::ProviderShell for WslProvider {
     /// A command that runs `script` with `bash -lc` as root in the distro.
-    // TODO(merge): impl linux_provider::ProviderShell
-    pub fn spawn_shell(&self, script: &str) -> Result<Command> {
+    fn spawn_shell(&self, script: &str) -> Result<Command> {
         let mut command = Command::new(WSL_EXE);
         command.args(root_shell_args(&self.distro, script));
         Ok(command)
@@ -290,6 +291,7 @@ fn decode_wsl_output(bytes: &[u8]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::linux_provider::ProviderShell;
     use crate::runtime::{read_build_cell_request, CommandSpec, HostPath, WorkspaceSeed};
     use std::cell::Cell;
 
