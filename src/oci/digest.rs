@@ -504,7 +504,11 @@ mod tests {
         assert!(typed
             .to_string()
             .contains(&Digest::sha256_of(b"hello").to_string()));
-        let v = DigestVerifier::new(&b"hello"[..], d, 5).unwrap();
+        let v = DigestVerifier::new(&b"hello"[..], d.clone(), 5).unwrap();
+        assert!(matches!(v.finish(), Err(OciError::DigestMismatch { .. })));
+        // A consumer that saw the read error must not get a pass from finish.
+        let mut v = DigestVerifier::new(&b"hello"[..], d, 5).unwrap();
+        assert!(io::copy(&mut v, &mut io::sink()).is_err());
         assert!(matches!(v.finish(), Err(OciError::DigestMismatch { .. })));
     }
 

@@ -667,3 +667,599 @@ fn missing_config(digest: &Digest) -> OciError {
 fn config_platform(config: &RawConfig) -> Platform {
     Platform::from_image(&config.os, &config.architecture, config.variant.as_deref())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::reference::LayoutRef;
+    use super::*;
+    use serde_json::{json, Value};
+    use std::process::Command;
+
+    /// Writes layouts blob by blob, the way skopeo and umoci lay them out.
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+            let marker = r#"{"imageLayoutVersion":"1.0.0"}"#;
+            std::fs::write(dir.path().join("oci-layout"), marker).unwrap();
+            Fixture { dir }
+        }
+
+        fn path(&self) -> &Path {
+            self.dir.path()
+        }
+
+        fn blob_path(&self, digest: &Digest) -> PathBuf {
+            self.path().join(blob_relpath(digest))
+        }
+
+        fn blob(&self, bytes: &[u8]) -> Digest {
+            let digest = Digest::sha256_of(bytes);
+            std::fs::write(self.blob_path(&digest), bytes).unwrap();
+            digest
+        }
+
+        /// Stores `body` and returns a descriptor for it.
+        fn doc(&self, media_type: &str, body: &Value) -> Value {
+            let bytes = serde_json::to_vec(body).unwrap();
+            let digest = self.blob(&bytes);
+            json!({"mediaType": media_type, "digest": digest, "size": bytes.len()})
+        }
+
+        /// A gzip-typed layer whose content is `content` (never unpacked here).
+        fn layer(&self, media_type: &str, content: &[u8]) -> (Value, String) {
+            let digest = self.blob(content);
+            let diff_id = Digest::sha256_of(&[content, b"-uncompressed"].concat());
+            let desc = json!({"mediaType": media_type, "digest": digest, "size": content.len()});
+            (desc, diff_id.to_string())
+        }
+
+        fn config(
+            &self,
+            media_type: &str,
+            arch: &str,
+            variant: Option<&str>,
+            diff_ids: &[String],
+        ) -> Value {
+            let mut body = json!({
+                "os": "linux",
+                "architecture": arch,
+                "rootfs": {"type": "layers", "diff_ids": diff_ids},
+                "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+            });
+            if let Some(variant) = variant {
+                body["variant"] = json!(variant);
+            }
+            self.doc(media_type, &body)
+        }
+
+        fn manifest(&self, media_type: &str, config: Value, layers: Vec<Value>) -> Value {
+            let body = json!({
+                "schemaVersion": 2,
+                "mediaType": media_type,
+                "config": config,
+                "layers": layers,
+            });
+            self.doc(media_type, &body)
+        }
+
+        /// An OCI image for `arch` with two gzip layers.
+        fn image(&self, arch: &str, variant: Option<&str>) -> Value {
+            let tag = format!("{arch}{variant:?}");
+            let (l1, d1) = self.layer(media::OCI_LAYER_TAR_GZIP, format!("{tag} base").as_bytes());
+            let (l2, d2) = self.layer(media::OCI_LAYER_TAR, format!("{tag} top").as_bytes());
+            let config = self.config(media::OCI_CONFIG, arch, variant, &[d1, d2]);
+            self.manifest(media::OCI_MANIFEST, config, vec![l1, l2])
+        }
+
+        fn index(&self, media_type: &str, entries: Vec<Value>) -> Value {
+            let body = json!({"schemaVersion": 2, "mediaType": media_type, "manifests": entries});
+            self.doc(media_type, &body)
+        }
+
+        fn write_index(&self, entries: Vec<Value>) {
+            let body =
+                json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": entries});
+            let bytes = serde_json::to_vec(&body).unwrap();
+            std::fs::write(self.path().join("index.json"), bytes).unwrap();
+        }
+
+        fn resolve(
+            &self,
+            reference: Option<&str>,
+            platform: &str,
+        ) -> Result<ResolvedImage, OciError> {
+            let platform = Platform::parse(platform).unwrap();
+            ImageLayout::open(self.path())?.resolve(reference, &platform)
+        }
+    }
+
+    fn tagged(mut desc: Value, name: &str) -> Value {
+        desc["annotations"] = json!({ REF_NAME_ANNOTATION: name });
+        desc
+    }
+
+    fn on(mut desc: Value, arch: &str, variant: Option<&str>) -> Value {
+        desc["platform"] = json!({"os": "linux", "architecture": arch});
+        if let Some(variant) = variant {
+            desc["platform"]["variant"] = json!(variant);
+        }
+        desc
+    }
+
+    fn digest_of(desc: &Value) -> Digest {
+        Digest::parse(desc["digest"].as_str().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn resolves_by_ref_name() {
+        let f = Fixture::new();
+        let a = f.image("amd64", None);
+        let b = f.image("arm64", None);
+        f.write_index(vec![tagged(a, "a"), tagged(b.clone(), "b")]);
+        let image = f.resolve(Some("b"), "linux/amd64").unwrap();
+        assert_eq!(image.manifest_digest, digest_of(&b));
+        assert_eq!(image.platform.to_string(), "linux/arm64");
+    }
+
+    #[test]
+    fn single_entry_is_the_default_and_fields_are_verified() {
+        let f = Fixture::new();
+        let m = f.image("amd64", None);
+        f.write_index(vec![tagged(m.clone(), "image")]);
+        let image = f.resolve(None, "linux/amd64").unwrap();
+        assert_eq!(image.manifest_digest, digest_of(&m));
+        assert_eq!(image.manifest_media_type, media::OCI_MANIFEST);
+        assert_eq!(
+            Digest::sha256_of(&image.manifest_bytes),
+            image.manifest_digest
+        );
+        assert_eq!(Digest::sha256_of(&image.config_bytes), image.config_digest);
+        let compressions: Vec<_> = image.layers.iter().map(|l| l.compression).collect();
+        assert_eq!(compressions, [Compression::Gzip, Compression::None]);
+        let layer = &image.layers[0];
+        assert_eq!(
+            layer.diff_id,
+            Digest::sha256_of(b"amd64None base-uncompressed")
+        );
+        let layout = ImageLayout::open(f.path()).unwrap();
+        let mut content = String::new();
+        layout
+            .open_blob(&layer.digest)
+            .unwrap()
+            .read_to_string(&mut content)
+            .unwrap();
+        assert_eq!(content, "amd64None base");
+    }
+
+    #[test]
+    fn several_entries_without_ref_are_ambiguous() {
+        let f = Fixture::new();
+        f.write_index(vec![
+            tagged(f.image("amd64", None), "one"),
+            tagged(f.image("arm64", None), "two"),
+        ]);
+        let err = f.resolve(None, "linux/amd64").unwrap_err();
+        assert!(
+            matches!(err, OciError::AmbiguousRef { count: 2, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("one, two"), "{err}");
+    }
+
+    #[test]
+    fn missing_ref_names_ref_and_layout() {
+        let f = Fixture::new();
+        f.write_index(vec![tagged(f.image("amd64", None), "image")]);
+        let err = f.resolve(Some("latest"), "linux/amd64").unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, OciError::RefNotFound { .. }), "{text}");
+        assert!(
+            text.contains("\"latest\"") && text.contains(&f.path().display().to_string()),
+            "{text}"
+        );
+        assert!(text.contains("available: image"), "{text}");
+        f.write_index(vec![]);
+        assert!(matches!(
+            f.resolve(None, "linux/amd64"),
+            Err(OciError::EmptyIndex { .. })
+        ));
+    }
+
+    #[test]
+    fn peels_nested_indexes() {
+        let f = Fixture::new();
+        let amd = on(f.image("amd64", None), "amd64", None);
+        let arm = on(f.image("arm64", None), "arm64", None);
+        let inner = f.index(media::OCI_INDEX, vec![amd, arm.clone()]);
+        let outer = f.index(media::OCI_INDEX, vec![inner]);
+        f.write_index(vec![tagged(outer, "image")]);
+        let image = f.resolve(Some("image"), "linux/arm64").unwrap();
+        assert_eq!(image.manifest_digest, digest_of(&arm));
+    }
+
+    #[test]
+    fn entries_without_platform_match_on_their_config() {
+        let f = Fixture::new();
+        let amd = f.image("amd64", None);
+        let arm = f.image("arm64", None);
+        let list = f.index(media::OCI_INDEX, vec![amd, arm.clone()]);
+        f.write_index(vec![list]);
+        let image = f.resolve(None, "linux/aarch64").unwrap();
+        assert_eq!(image.manifest_digest, digest_of(&arm));
+    }
+
+    #[test]
+    fn platform_choice_honours_arch_and_variant() {
+        let f = Fixture::new();
+        let amd = on(f.image("amd64", None), "amd64", None);
+        let v8 = on(f.image("arm64", Some("v8")), "arm64", Some("v8"));
+        let v9 = on(f.image("arm64", Some("v9")), "arm64", Some("v9"));
+        let list = f.index(media::OCI_INDEX, vec![amd.clone(), v8.clone(), v9.clone()]);
+        f.write_index(vec![tagged(list, "image")]);
+        let pick = |p| f.resolve(Some("image"), p).unwrap().manifest_digest;
+        assert_eq!(pick("linux/x86_64"), digest_of(&amd));
+        assert_eq!(pick("linux/arm64"), digest_of(&v8));
+        assert_eq!(pick("linux/arm64/v9"), digest_of(&v9));
+        assert_eq!(
+            f.resolve(Some("image"), "linux/arm64/v9")
+                .unwrap()
+                .platform
+                .to_string(),
+            "linux/arm64/v9"
+        );
+    }
+
+    #[test]
+    fn no_matching_platform_lists_the_available_ones() {
+        let f = Fixture::new();
+        let amd = on(f.image("amd64", None), "amd64", None);
+        let arm = on(f.image("arm64", Some("v8")), "arm64", Some("v8"));
+        let list = f.index(media::OCI_INDEX, vec![amd, arm]);
+        f.write_index(vec![list]);
+        let err = f.resolve(None, "linux/riscv64").unwrap_err();
+        assert!(matches!(err, OciError::NoMatchingPlatform { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("linux/riscv64") && text.contains("linux/amd64, linux/arm64/v8"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn reads_docker_manifest_lists() {
+        let f = Fixture::new();
+        let image = |arch: &str| {
+            let (layer, diff_id) = f.layer(media::DOCKER_LAYER_TAR_GZIP, arch.as_bytes());
+            let config = f.config(media::DOCKER_CONFIG, arch, None, &[diff_id]);
+            on(
+                f.manifest(media::DOCKER_MANIFEST, config, vec![layer]),
+                arch,
+                None,
+            )
+        };
+        let amd = image("amd64");
+        let arm = image("arm64");
+        let list = f.index(media::DOCKER_MANIFEST_LIST, vec![amd, arm.clone()]);
+        f.write_index(vec![tagged(list, "image")]);
+        let resolved = f.resolve(Some("image"), "linux/arm64").unwrap();
+        assert_eq!(resolved.manifest_digest, digest_of(&arm));
+        assert_eq!(resolved.manifest_media_type, media::DOCKER_MANIFEST);
+        assert_eq!(resolved.layers[0].compression, Compression::Gzip);
+    }
+
+    #[test]
+    fn plain_manifest_is_taken_whatever_its_arch() {
+        let f = Fixture::new();
+        f.write_index(vec![tagged(f.image("s390x", None), "image")]);
+        let image = f.resolve(Some("image"), "linux/amd64").unwrap();
+        assert_eq!(image.platform.architecture, "s390x");
+    }
+
+    #[test]
+    fn refuses_a_manifest_behind_an_index_descriptor() {
+        let f = Fixture::new();
+        let mut desc = f.image("amd64", None);
+        desc["mediaType"] = json!(media::OCI_INDEX);
+        f.write_index(vec![desc]);
+        let err = f.resolve(None, "linux/amd64").unwrap_err();
+        assert!(matches!(err, OciError::MediaTypeMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_manifest_without_own_media_type_behind_an_index_descriptor() {
+        let f = Fixture::new();
+        let (layer, diff_id) = f.layer(media::OCI_LAYER_TAR, b"x");
+        let config = f.config(media::OCI_CONFIG, "amd64", None, &[diff_id]);
+        let body = json!({"schemaVersion": 2, "config": config, "layers": [layer]});
+        f.write_index(vec![f.doc(media::OCI_INDEX, &body)]);
+        let err = f.resolve(None, "linux/amd64").unwrap_err();
+        assert!(matches!(err, OciError::MediaTypeMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("document is a manifest"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_document_that_is_both_index_and_manifest() {
+        let f = Fixture::new();
+        let m = f.image("amd64", None);
+        let (layer, _) = f.layer(media::OCI_LAYER_TAR, b"x");
+        let body = json!({"schemaVersion": 2, "manifests": [m], "layers": [layer]});
+        f.write_index(vec![f.doc(media::OCI_INDEX, &body)]);
+        let err = f.resolve(None, "linux/amd64").unwrap_err();
+        assert!(matches!(err, OciError::AmbiguousDocument { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_diff_id_count_mismatch() {
+        let f = Fixture::new();
+        let (layer, diff_id) = f.layer(media::OCI_LAYER_TAR, b"x");
+        let config = f.config(
+            media::OCI_CONFIG,
+            "amd64",
+            None,
+            &[diff_id.clone(), diff_id],
+        );
+        f.write_index(vec![f.manifest(media::OCI_MANIFEST, config, vec![layer])]);
+        let err = f.resolve(None, "linux/amd64").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OciError::DiffIdCount {
+                    layers: 1,
+                    diff_ids: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_missing_blobs() {
+        let f = Fixture::new();
+        let m = f.image("amd64", None);
+        f.write_index(vec![m.clone()]);
+        let image = f.resolve(None, "linux/amd64").unwrap();
+        std::fs::remove_file(f.blob_path(&image.layers[1].digest)).unwrap();
+        let err = f.resolve(None, "linux/amd64").unwrap_err();
+        assert!(
+            matches!(err, OciError::MissingBlob { ref digest, .. } if *digest == image.layers[1].digest),
+            "{err}"
+        );
+        std::fs::remove_file(f.blob_path(&digest_of(&m))).unwrap();
+        let err = f.resolve(None, "linux/amd64").unwrap_err();
+        assert!(
+            err.to_string().contains(&digest_of(&m).to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_unknown_layer_media_type_naming_the_digest() {
+        let f = Fixture::new();
+        let (layer, diff_id) = f.layer("application/vnd.docker.image.rootfs.diff.tar", b"x");
+        let config = f.config(media::OCI_CONFIG, "amd64", None, &[diff_id]);
+        f.write_index(vec![f.manifest(
+            media::OCI_MANIFEST,
+            config,
+            vec![layer.clone()],
+        )]);
+        let err = f.resolve(None, "linux/amd64").unwrap_err();
+        assert!(
+            matches!(err, OciError::UnknownLayerMediaType { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&digest_of(&layer).to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_bad_layer_digests_and_sizes() {
+        let f = Fixture::new();
+        let (mut layer, diff_id) = f.layer(media::OCI_LAYER_TAR, b"x");
+        let good = layer.clone();
+        layer["digest"] = json!(layer["digest"].as_str().unwrap().to_uppercase());
+        let config = f.config(media::OCI_CONFIG, "amd64", None, &[diff_id]);
+        f.write_index(vec![f.manifest(
+            media::OCI_MANIFEST,
+            config.clone(),
+            vec![layer],
+        )]);
+        let err = f.resolve(None, "linux/amd64").unwrap_err();
+        assert!(matches!(err, OciError::InvalidDigest { .. }), "{err}");
+
+        let mut layer = good.clone();
+        layer["size"] = json!(2);
+        f.write_index(vec![f.manifest(
+            media::OCI_MANIFEST,
+            config.clone(),
+            vec![layer],
+        )]);
+        let err = f.resolve(None, "linux/amd64").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OciError::SizeMismatch {
+                    expected: 2,
+                    found: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let mut layer = good;
+        layer["digest"] = json!("blake9:abcdef");
+        f.write_index(vec![f.manifest(media::OCI_MANIFEST, config, vec![layer])]);
+        let err = f.resolve(None, "linux/amd64").unwrap_err();
+        assert!(
+            matches!(err, OciError::UnsupportedDigestAlgorithm { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_tampered_manifest_bytes() {
+        let f = Fixture::new();
+        let m = f.image("amd64", None);
+        f.write_index(vec![m.clone()]);
+        let path = f.blob_path(&digest_of(&m));
+        let original = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            original.replace("\"schemaVersion\":2", "\"schemaVersion\":3"),
+        )
+        .unwrap();
+        let err = f.resolve(None, "linux/amd64").unwrap_err();
+        assert!(
+            matches!(err, OciError::DigestMismatch { ref expected, .. } if *expected == digest_of(&m)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_oversized_documents() {
+        let f = Fixture::new();
+        let mut m = f.image("amd64", None);
+        m["size"] = json!(MAX_DOCUMENT_SIZE + 1);
+        f.write_index(vec![m]);
+        let err = f.resolve(None, "linux/amd64").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OciError::DocumentTooLarge {
+                    what: "manifest",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let huge = vec![b' '; MAX_DOCUMENT_SIZE as usize + 1];
+        std::fs::write(f.path().join("index.json"), huge).unwrap();
+        let err = f.resolve(None, "linux/amd64").unwrap_err();
+        assert!(
+            matches!(err, OciError::DocumentTooLarge { what: "index", .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bounds_index_nesting() {
+        let f = Fixture::new();
+        let mut desc = on(f.image("amd64", None), "amd64", None);
+        for _ in 0..=MAX_INDEX_DEPTH {
+            desc = f.index(media::OCI_INDEX, vec![desc]);
+        }
+        f.write_index(vec![desc]);
+        let err = f.resolve(None, "linux/amd64").unwrap_err();
+        assert!(matches!(err, OciError::IndexTooDeep { .. }), "{err}");
+    }
+
+    #[test]
+    fn blob_symlinks_cannot_leave_the_layout() {
+        let f = Fixture::new();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        let digest = Digest::sha256_of(b"outside");
+        std::os::unix::fs::symlink(outside.path(), f.blob_path(&digest)).unwrap();
+        f.write_index(vec![]);
+        let layout = ImageLayout::open(f.path()).unwrap();
+        let err = layout.open_blob(&digest).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OciError::Io {
+                    op: "open blob",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_a_directory_that_is_not_a_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ImageLayout::open(dir.path()).unwrap_err();
+        assert!(err.to_string().starts_with("open layout "), "{err}");
+    }
+
+    /// Finds `name` on `PATH`; `None` when it is not installed.
+    fn find_tool(name: &str) -> Option<PathBuf> {
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    }
+
+    fn run(tool: &Path, args: &[&str]) {
+        let out = Command::new(tool).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} {args:?}: {}",
+            tool.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn opens_layouts_written_by_umoci_and_skopeo() {
+        let (Some(umoci), Some(skopeo)) = (find_tool("umoci"), find_tool("skopeo")) else {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("CI=true but umoci or skopeo is not installed");
+            }
+            eprintln!("skipping: umoci or skopeo is not installed");
+            return;
+        };
+        let work = tempfile::tempdir().unwrap();
+        let src = work.path().join("src");
+        let src_s = src.to_str().unwrap();
+        let payload = work.path().join("hello.txt");
+        std::fs::write(&payload, "hello\n").unwrap();
+        run(&umoci, &["init", "--layout", src_s]);
+        run(&umoci, &["new", "--image", &format!("{src_s}:t")]);
+        let host = Platform::host();
+        let empty = ImageLayout::open(&src)
+            .unwrap()
+            .resolve(Some("t"), &host)
+            .unwrap();
+        assert!(empty.layers.is_empty());
+        run(
+            &umoci,
+            &[
+                "insert",
+                "--rootless",
+                "--image",
+                &format!("{src_s}:t"),
+                payload.to_str().unwrap(),
+                "/hello.txt",
+            ],
+        );
+        let one = ImageLayout::open(&src)
+            .unwrap()
+            .resolve(Some("t"), &host)
+            .unwrap();
+        assert_eq!(one.layers.len(), 1);
+
+        let dst = work.path().join("dst");
+        let dst_ref = format!("oci:{}:image", dst.display());
+        run(
+            &skopeo,
+            &["copy", "--quiet", &format!("oci:{src_s}:t"), &dst_ref],
+        );
+        let parsed = LayoutRef::parse(&dst_ref).unwrap();
+        let copied = ImageLayout::open(&parsed.dir)
+            .unwrap()
+            .resolve(parsed.reference.as_deref(), &host)
+            .unwrap();
+        assert_eq!(copied.layers.len(), 1);
+        assert_eq!(copied.layers[0].diff_id, one.layers[0].diff_id);
+        assert_eq!(copied.platform, one.platform);
+    }
+}
