@@ -203,6 +203,13 @@ impl serde::Serialize for Digest {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Digest::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A running hash for one of the algorithms metalor can verify.
 ///
 /// An enum rather than a boxed trait object so that the per-chunk update in
@@ -468,6 +475,16 @@ mod tests {
         );
         let err = DigestVerifier::new(&b""[..], d, 0).unwrap_err();
         assert!(matches!(err, OciError::UnsupportedDigestAlgorithm { .. }));
+    }
+
+    #[test]
+    fn round_trips_through_serde() {
+        let d: Digest = serde_json::from_str(&format!("\"{EMPTY_SHA256}\"")).unwrap();
+        assert_eq!(
+            serde_json::to_string(&d).unwrap(),
+            format!("\"{EMPTY_SHA256}\"")
+        );
+        assert!(serde_json::from_str::<Digest>("\"sha256:xyz\"").is_err());
     }
 
     #[test]

@@ -502,6 +502,12 @@ impl ImageLayout {
             return self.load_document(child, "index entry").map(Some);
         }
         let manifest = self.load_document(child, "index entry")?;
+        // Artifacts (signatures, SBOMs) share the manifest type but carry a
+        // non-image config and no platform; they are not candidates.
+        let config_type = manifest.body.config.as_ref().map(|c| c.media_type.as_str());
+        if !config_type.is_some_and(media::is_image_config) {
+            return Ok(None);
+        }
         let (_, _, config) = self.read_config(&manifest)?;
         let found = config_platform(&config);
         available.push(found.to_string());
@@ -890,6 +896,19 @@ mod tests {
         let list = f.index(media::OCI_INDEX, vec![amd, arm.clone()]);
         f.write_index(vec![list]);
         let image = f.resolve(None, "linux/aarch64").unwrap();
+        assert_eq!(image.manifest_digest, digest_of(&arm));
+    }
+
+    #[test]
+    fn skips_artifacts_and_unknown_entries_in_an_index() {
+        let f = Fixture::new();
+        let empty = f.doc("application/vnd.oci.empty.v1+json", &json!({}));
+        let signature = f.manifest(media::OCI_MANIFEST, empty, vec![]);
+        let unknown = json!({"mediaType": "application/x-unknown", "digest": Digest::sha256_of(b"?"), "size": 1});
+        let arm = f.image("arm64", None);
+        let list = f.index(media::OCI_INDEX, vec![signature, unknown, arm.clone()]);
+        f.write_index(vec![list]);
+        let image = f.resolve(None, "linux/arm64").unwrap();
         assert_eq!(image.manifest_digest, digest_of(&arm));
     }
 
