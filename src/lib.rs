@@ -6,6 +6,8 @@
 // Unsafe code is confined to the `sys` module, which opts back in.
 #![deny(unsafe_code)]
 
+#[cfg(target_os = "linux")]
+pub mod oci;
 pub mod parser;
 pub mod runtime;
 #[cfg(target_os = "linux")]
