@@ -8,6 +8,7 @@
 use anyhow::{bail, Context, Result};
 use metalor::oci::{ImageLayout, LayoutRef, OciError, Platform, ResolvedImage};
 use serde_json::{json, Map, Value};
+use std::io::Write;
 
 /// The fields of an image config's `config` section worth showing; the
 /// rest (labels, volumes, healthchecks) is noise for a rootfs tool.
@@ -28,7 +29,13 @@ pub struct InspectArgs {
 pub fn run(args: &InspectArgs) -> Result<()> {
     let summary = summarize(args)?;
     let text = serde_json::to_string_pretty(&summary).context("encode inspect output")?;
-    println!("{text}");
+    // A closed pipe (`metalor inspect X | head`) is the reader's choice,
+    // not an error worth a panic.
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }?;
     Ok(())
 }
 
