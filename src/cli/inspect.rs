@@ -33,10 +33,9 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     // not an error worth a panic.
     let mut out = std::io::stdout().lock();
     match writeln!(out, "{text}") {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("write to stdout"),
         _ => Ok(()),
-    }?;
-    Ok(())
+    }
 }
 
 /// Builds the JSON summary; separate from printing so it can be tested.
