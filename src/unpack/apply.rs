@@ -233,7 +233,6 @@ impl<'r> Applier<'r> {
         let (parent, name) = path::split_parent(path);
         let file = self.create_file(parent, name, path)?;
         let mut file = std::fs::File::from(file);
-        let mut written = 0u64;
         loop {
             let n = match entry.read(&mut self.buffer) {
                 Ok(0) => break,
@@ -241,7 +240,6 @@ impl<'r> Applier<'r> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(UnpackError::Stream(e)),
             };
-            written += n as u64;
             self.stats.bytes += n as u64;
             if let Some(limit) = self.options.max_bytes {
                 if self.stats.bytes > limit {
@@ -254,7 +252,6 @@ impl<'r> Applier<'r> {
             file.write_all(&self.buffer[..n])
                 .map_err(|e| io_error("write", path, e))?;
         }
-        let _ = written;
         self.stats.files += 1;
         self.finish_metadata(file.as_fd(), entry, path)?;
         Ok(())
