@@ -572,7 +572,10 @@ fn max_bytes_limit_stops_the_unpack_and_leaves_nothing() {
         max_bytes: Some(6000),
         ..UnpackOptions::default()
     };
-    let err = layer_error(s.unpack_with(layers(&[tar.clone()]), opts).unwrap_err());
+    let err = layer_error(
+        s.unpack_with(layers(std::slice::from_ref(&tar)), opts)
+            .unwrap_err(),
+    );
     assert!(
         matches!(
             err,
