@@ -4,6 +4,7 @@
 //! goes through a parent fd resolved inside the root (see `fsops`).
 #![forbid(unsafe_code)]
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -19,6 +20,11 @@ use super::{LayerStats, UnpackOptions};
 
 const COPY_BUFFER: usize = 256 * 1024;
 const XATTR_PREFIX: &str = "SCHILY.xattr.";
+/// The most bytes the tar reader may consume between two entries: headers,
+/// padding and the GNU longname/longlink and PAX records it buffers whole in
+/// memory. Real records are a few KiB (names stop at PATH_MAX, xattr values
+/// at 64 KiB); a larger one is a memory bomb, not an image.
+const METADATA_BUDGET: u64 = 1024 * 1024;
 
 /// What the process may do while applying: keep the image's owners, create
 /// device nodes.
@@ -82,13 +88,36 @@ impl<'r> Applier<'r> {
     /// Applies one uncompressed tar stream as a layer. The reader is left
     /// positioned after the end-of-archive marker; the caller drains it.
     pub fn apply_layer<R: Read>(&mut self, reader: R) -> Result<R, UnpackError> {
-        let mut archive = tar::Archive::new(reader);
-        for entry in archive.entries().map_err(UnpackError::Stream)? {
-            let mut entry = entry.map_err(UnpackError::Stream)?;
+        let budget = Cell::new(METADATA_BUDGET);
+        let mut archive = tar::Archive::new(Budgeted {
+            inner: reader,
+            budget: &budget,
+        });
+        let mut entries = archive.entries().map_err(UnpackError::Stream)?;
+        loop {
+            // Between entries the tar reader buffers metadata records whole:
+            // bound what it may read.
+            budget.set(METADATA_BUDGET);
+            let next = entries.next();
+            let exhausted = budget.get() == 0;
+            budget.set(u64::MAX);
+            let mut entry = match next {
+                None => break,
+                Some(Ok(entry)) => entry,
+                Some(Err(_)) if exhausted => {
+                    return Err(UnpackError::Limit {
+                        what: "tar metadata record bytes",
+                        limit: METADATA_BUDGET,
+                    })
+                }
+                Some(Err(e)) => return Err(UnpackError::Stream(e)),
+            };
             self.apply_entry(&mut entry)?;
+            // Skip what a non-file entry carries, outside the budget.
+            drain(&mut entry, &mut self.buffer)?;
         }
         self.finish_layer()?;
-        Ok(archive.into_inner())
+        Ok(archive.into_inner().inner)
     }
 
     fn finish_layer(&mut self) -> Result<(), UnpackError> {
@@ -120,7 +149,8 @@ impl<'r> Applier<'r> {
         }
         self.count_entry()?;
         let raw = entry.path_bytes().into_owned();
-        let path = path::normalize(&raw).map_err(|_| hostile(&raw, "name has a '..' component"))?;
+        let path = path::normalize(&raw).map_err(|bad| hostile(&raw, bad_name(bad)))?;
+        check_size(entry, &raw)?;
         let (parent, name) = path::split_parent(&path);
         if parent
             .split(|&b| b == b'/')
@@ -233,6 +263,7 @@ impl<'r> Applier<'r> {
         let (parent, name) = path::split_parent(path);
         let file = self.create_file(parent, name, path)?;
         let mut file = std::fs::File::from(file);
+        let mut written = 0u64;
         loop {
             let n = match entry.read(&mut self.buffer) {
                 Ok(0) => break,
@@ -240,6 +271,7 @@ impl<'r> Applier<'r> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(UnpackError::Stream(e)),
             };
+            written += n as u64;
             self.stats.bytes += n as u64;
             if let Some(limit) = self.options.max_bytes {
                 if self.stats.bytes > limit {
@@ -251,6 +283,16 @@ impl<'r> Applier<'r> {
             }
             file.write_all(&self.buffer[..n])
                 .map_err(|e| io_error("write", path, e))?;
+        }
+        if written != entry.size() {
+            return Err(UnpackError::Stream(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: {written} of {} bytes before the stream ended",
+                    String::from_utf8_lossy(path),
+                    entry.size()
+                ),
+            )));
         }
         self.stats.files += 1;
         self.finish_metadata(file.as_fd(), entry, path)?;
@@ -441,8 +483,15 @@ impl<'r> Applier<'r> {
             .link_name_bytes()
             .ok_or_else(|| hostile(raw, "hardlink without a target"))?
             .into_owned();
-        let target = path::normalize(&raw_target)
-            .map_err(|_| hostile(raw, "hardlink target has a '..' component"))?;
+        let target = path::normalize(&raw_target).map_err(|bad| {
+            hostile(
+                raw,
+                match bad {
+                    path::BadName::DotDot => "hardlink target has a '..' component",
+                    path::BadName::Nul => "hardlink target has a NUL byte",
+                },
+            )
+        })?;
         if target.is_empty() {
             return Err(hostile(raw, "hardlink to the root directory"));
         }
@@ -450,8 +499,18 @@ impl<'r> Applier<'r> {
             return Err(hostile(raw, "hardlink to itself"));
         }
         let (tparent, tname) = path::split_parent(&target);
-        let src_dir = fsops::open_dir_in_root(self.root, tparent)
-            .map_err(|e| io_error("resolve hardlink target", &target, e))?;
+        let src_dir = match fsops::open_dir_in_root(self.root, tparent) {
+            Ok(fd) => fd,
+            Err(e)
+                if matches!(
+                    Errno::from_io_error(&e),
+                    Some(Errno::NOENT) | Some(Errno::NOTDIR)
+                ) =>
+            {
+                return Err(hostile(raw, "hardlink target does not exist in the rootfs"))
+            }
+            Err(e) => return Err(io_error("resolve hardlink target", &target, e)),
+        };
         match fsops::lstat_at(src_dir.as_fd(), tname)
             .map_err(|e| io_error("stat hardlink target", &target, e))?
         {
@@ -590,6 +649,64 @@ impl<'r> Applier<'r> {
         }
         Ok(())
     }
+}
+
+/// Counts down a shared budget on every read; at zero, reads fail. The
+/// applier opens the budget only while the tar reader moves between entries.
+struct Budgeted<'b, R> {
+    inner: R,
+    budget: &'b Cell<u64>,
+}
+
+impl<R: Read> Read for Budgeted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.budget.get();
+        if left == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "tar metadata record too large",
+            ));
+        }
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        let n = self.inner.read(&mut buf[..want])?;
+        self.budget.set(left - n as u64);
+        Ok(n)
+    }
+}
+
+/// Reads the rest of an entry's data and drops it.
+fn drain<R: Read>(entry: &mut Entry<'_, R>, buffer: &mut [u8]) -> Result<(), UnpackError> {
+    loop {
+        match entry.read(buffer) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(UnpackError::Stream(e)),
+        }
+    }
+}
+
+fn bad_name(bad: path::BadName) -> &'static str {
+    match bad {
+        path::BadName::DotDot => "name has a '..' component",
+        path::BadName::Nul => "name has a NUL byte",
+    }
+}
+
+/// A PAX `size` overrides the header, as POSIX says; when both are set and
+/// disagree, parsers that honour one or the other see different archives,
+/// which is how entries get smuggled past a scanner. A zero header size is
+/// how writers mark a size that does not fit the field, so only that may
+/// differ.
+fn check_size<R: Read>(entry: &Entry<'_, R>, raw: &[u8]) -> Result<(), UnpackError> {
+    let header_size = entry.header().entry_size().map_err(UnpackError::Stream)?;
+    if header_size != 0
+        && header_size != entry.size()
+        && !entry.header().entry_type().is_gnu_sparse()
+    {
+        return Err(hostile(raw, "PAX size disagrees with the header size"));
+    }
+    Ok(())
 }
 
 fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {

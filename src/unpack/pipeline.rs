@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use super::apply::Applier;
-use super::decode::{self, Rewound};
+use super::decode::{self, Compression, Rewound};
 use super::digest::{DigestCheck, Hasher};
 use super::error::UnpackError;
 
@@ -84,11 +84,13 @@ fn apply_one(applier: &mut Applier<'_>, stream: &mut ChunkStream) -> Result<(), 
     }
     result?;
     // Hash what follows the end-of-archive marker too: the diff_id covers
-    // the whole stream.
-    io::copy(stream, &mut io::sink()).map_err(UnpackError::Stream)?;
-    match stream.failure.take() {
-        Some(failure) => Err(failure),
-        None => Ok(()),
+    // the whole stream. A decoder failure (a digest or size mismatch found
+    // at the blob's end) is the error to report, not the read that saw it.
+    let drained = io::copy(stream, &mut io::sink());
+    match (stream.failure.take(), drained) {
+        (Some(failure), _) => Err(failure),
+        (None, Err(e)) => Err(UnpackError::Stream(e)),
+        (None, Ok(_)) => Ok(()),
     }
 }
 
@@ -161,14 +163,55 @@ fn decode_one(
     pool: &Receiver<Vec<u8>>,
 ) -> Result<(), UnpackError> {
     let check = DigestCheck::parse(&layer.digest)?;
+    let diff = DigestCheck::parse(&layer.diff_id)?;
     let mut hashed = HashingReader {
         inner: layer.blob,
         hasher: check.hasher(),
         count: 0,
         limit: layer.size,
     };
+    let streamed = stream_blob(&mut hashed, check == diff, &diff, tx, pool);
+    let streamed = match streamed {
+        // Past the declared size is a size mismatch, whatever read saw it.
+        Err(_) if hashed.count > layer.size => Err(UnpackError::Mismatch {
+            what: "blob size",
+            expected: layer.size.to_string(),
+            found: format!("more than {}", layer.size),
+        }),
+        other => other,
+    };
+    let Some(diff_hasher) = streamed? else {
+        return Ok(());
+    };
+    if hashed.count != layer.size {
+        return Err(UnpackError::Mismatch {
+            what: "blob size",
+            expected: layer.size.to_string(),
+            found: hashed.count.to_string(),
+        });
+    }
+    check.verify("blob digest", hashed.hasher)?;
+    match diff_hasher {
+        Some(hasher) => diff.verify("diff_id", hasher),
+        None => Ok(()),
+    }
+}
+
+/// Decodes the blob into chunks for the applier, then reads the blob to its
+/// end so the digest covers every byte. Returns `None` if the applier hung
+/// up. When the image says diff_id == blob digest, the applier skips the
+/// diff_id hash; that is only sound for an uncompressed blob, so for a
+/// compressed one the decoded stream is hashed here and returned.
+fn stream_blob(
+    hashed: &mut HashingReader,
+    diff_is_blob: bool,
+    diff: &DigestCheck,
+    tx: &SyncSender<Msg>,
+    pool: &Receiver<Vec<u8>>,
+) -> Result<Option<Option<Hasher>>, UnpackError> {
+    let (kind, rewound) = Rewound::sniff(&mut *hashed).map_err(UnpackError::Stream)?;
+    let mut diff_hasher = (diff_is_blob && kind != Compression::None).then(|| diff.hasher());
     {
-        let (kind, rewound) = Rewound::sniff(&mut hashed).map_err(UnpackError::Stream)?;
         let mut decoder = decode::decoder(kind, rewound).map_err(UnpackError::Stream)?;
         loop {
             let mut chunk = pool
@@ -180,21 +223,17 @@ fn decode_one(
                 break;
             }
             chunk.truncate(n);
+            if let Some(h) = diff_hasher.as_mut() {
+                h.update(&chunk);
+            }
             if tx.send(Msg::Data(chunk)).is_err() {
-                return Ok(());
+                return Ok(None);
             }
         }
     }
     // The decoder may stop at its end marker; the digest covers every byte.
-    io::copy(&mut hashed, &mut io::sink()).map_err(UnpackError::Stream)?;
-    if hashed.count != layer.size {
-        return Err(UnpackError::Mismatch {
-            what: "blob size",
-            expected: layer.size.to_string(),
-            found: hashed.count.to_string(),
-        });
-    }
-    check.verify("blob digest", hashed.hasher)
+    io::copy(hashed, &mut io::sink()).map_err(UnpackError::Stream)?;
+    Ok(Some(diff_hasher))
 }
 
 fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {

@@ -1,0 +1,584 @@
+//! Hostile layers. Each test checks the specific error (or, where the
+//! semantics say contain, that the effect stayed inside the rootfs), that the
+//! canary beside the target is unchanged, and that a failed unpack leaves
+//! neither a target nor a staging directory.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+
+use common::*;
+use metalor::unpack::{UnpackError, UnpackOptions};
+
+fn one(tar: &Tar) -> Vec<Vec<u8>> {
+    vec![tar.finish()]
+}
+
+#[test]
+fn dotdot_names_are_rejected_with_the_entry_name() {
+    for name in [
+        "../x",
+        "a/../../b",
+        "a/..",
+        "..",
+        "./../canary/canary-file",
+        "/../x",
+    ] {
+        let s = Scene::new();
+        let mut t = Tar::new();
+        t.file("fine", b"f").file(name, b"evil");
+        let err = s.unpack_fails(&one(&t));
+        assert_hostile(&err, "'..'");
+        assert!(err.to_string().contains(name), "{err} should name {name}");
+    }
+}
+
+#[test]
+fn dotdot_in_a_directory_or_symlink_or_link_entry_name() {
+    for t in [
+        Tar::new().dir("../canary").clone(),
+        Tar::new().symlink("../canary/new", "x").clone(),
+        Tar::new()
+            .file("f", b"")
+            .hardlink("../canary/new", "f")
+            .clone(),
+        Tar::new()
+            .entry(Hdr::new(b"../fifo", kind::FIFO), b"")
+            .clone(),
+        Tar::new().whiteout("../canary/.wh.x").clone(),
+        Tar::new().whiteout("../.wh.canary").clone(),
+    ] {
+        let s = Scene::new();
+        assert_hostile(&s.unpack_fails(&one(&t)), "'..'");
+    }
+}
+
+#[test]
+fn absolute_names_are_contained() {
+    let s = Scene::new();
+    let abs = s.canary.dir.join("canary-file");
+    let mut t = Tar::new();
+    t.file(abs.to_str().unwrap(), b"contained").file("/x", b"x");
+    s.unpack_tars(&one(&t));
+    let inside = abs.strip_prefix("/").unwrap();
+    assert_eq!(s.read(inside.to_str().unwrap()), b"contained");
+    assert_eq!(s.read("x"), b"x");
+    s.canary.assert_unchanged();
+}
+
+#[test]
+fn nul_in_a_pax_path_is_rejected() {
+    let s = Scene::new();
+    let mut t = Tar::new();
+    t.pax(&[("path", b"a\0b")]).file("x", b"");
+    let err = s.unpack_fails(&one(&t));
+    assert_hostile(&err, "NUL");
+}
+
+#[test]
+fn non_directory_for_the_root_is_rejected() {
+    let s = Scene::new();
+    let mut t = Tar::new();
+    t.file("./", b"x");
+    assert_hostile(&s.unpack_fails(&one(&t)), "root");
+}
+
+/// A symlink out of the rootfs and a write through it, in one layer or two.
+fn symlink_escape(link: &str, two_layers: bool) -> Scene {
+    let s = Scene::new();
+    let mut l1 = Tar::new();
+    // The rootfs has its own `canary/` so that a clamped `../canary` lands.
+    l1.dir("canary").symlink("a", link);
+    let mut l2 = Tar::new();
+    l2.file("a/canary-file", b"escaped?")
+        .file("a/sub/deep", b"escaped?");
+    let tars = if two_layers {
+        vec![l1.finish(), l2.finish()]
+    } else {
+        l1.file("a/canary-file", b"escaped?")
+            .file("a/sub/deep", b"escaped?");
+        vec![l1.finish()]
+    };
+    s.unpack_tars(&tars);
+    s.canary.assert_unchanged();
+    assert!(s.meta("a").file_type().is_symlink());
+    s
+}
+
+#[test]
+fn absolute_symlink_to_root_is_clamped() {
+    for two in [false, true] {
+        let s = symlink_escape("/", two);
+        assert_eq!(s.read("canary-file"), b"escaped?");
+        assert_eq!(s.read("sub/deep"), b"escaped?");
+    }
+}
+
+#[test]
+fn relative_dotdot_symlink_is_clamped() {
+    for two in [false, true] {
+        let s = symlink_escape("../../..", two);
+        assert_eq!(s.read("canary-file"), b"escaped?");
+        let s = symlink_escape("../canary", two);
+        assert_eq!(s.read("canary/canary-file"), b"escaped?");
+        assert_eq!(s.read("canary/sub/deep"), b"escaped?");
+    }
+}
+
+#[test]
+fn absolute_symlink_to_the_real_canary_never_reaches_it() {
+    for two in [false, true] {
+        let s = Scene::new();
+        let real = s.canary.dir.to_str().unwrap().to_string();
+        let mut l1 = Tar::new();
+        l1.symlink("a", &real);
+        let mut l2 = Tar::new();
+        l2.file("a/canary-file", b"escaped?");
+        let tars = if two {
+            vec![l1.finish(), l2.finish()]
+        } else {
+            l1.file("a/canary-file", b"escaped?");
+            vec![l1.finish()]
+        };
+        // The target does not exist inside the rootfs: the write fails.
+        let err = s.unpack_fails(&tars);
+        assert!(matches!(err, UnpackError::Io { .. }), "{}", chain(&err));
+    }
+}
+
+#[test]
+fn entry_over_a_symlink_replaces_the_symlink_not_its_target() {
+    let s = Scene::new();
+    let real = s.canary.dir.join("canary-file");
+    let mut l1 = Tar::new();
+    l1.symlink("f", real.to_str().unwrap())
+        .symlink("g", "../canary/canary-file")
+        .symlink("d", "../canary")
+        .symlink("h", "../canary/x");
+    let mut l2 = Tar::new();
+    l2.file("f", b"over")
+        .file_mode("g", b"over", 0o777)
+        .dir_mode("d", 0o777)
+        .symlink("h", "elsewhere");
+    s.unpack_tars(&[l1.finish(), l2.finish()]);
+    assert_eq!(s.read("f"), b"over");
+    assert_eq!(s.read("g"), b"over");
+    assert!(s.meta("d").is_dir());
+    assert_eq!(fs::read_link(s.path("h")).unwrap().as_os_str(), "elsewhere");
+    s.canary.assert_unchanged();
+}
+
+#[test]
+fn device_and_fifo_through_a_symlinked_parent_are_contained() {
+    let s = Scene::new();
+    let mut l1 = Tar::new();
+    l1.dir("canary").symlink("a", "../canary");
+    let mut dev = Hdr::new(b"a/null", kind::CHAR);
+    dev.devmajor = 1;
+    dev.devminor = 3;
+    l1.entry(dev, b"")
+        .entry(Hdr::new(b"a/fifo", kind::FIFO), b"");
+    s.unpack_tars(&one(&l1));
+    assert!(s.exists("canary/fifo"));
+    s.canary.assert_unchanged();
+}
+
+#[test]
+fn hardlink_with_dotdot_target_is_rejected() {
+    for target in ["../canary/canary-file", "a/../../x", ".."] {
+        let s = Scene::new();
+        let mut t = Tar::new();
+        t.file("a/f", b"").hardlink("h", target);
+        assert_hostile(&s.unpack_fails(&one(&t)), "'..'");
+    }
+}
+
+#[test]
+fn hardlink_via_a_symlinked_parent_stays_inside() {
+    // Nothing of that name in the rootfs: rejected.
+    let s = Scene::new();
+    let mut t = Tar::new();
+    t.symlink("s", "../canary").hardlink("h", "s/canary-file");
+    assert_hostile(&s.unpack_fails(&one(&t)), "does not exist");
+
+    let s = Scene::new();
+    let mut t = Tar::new();
+    t.symlink("s", "/")
+        .hardlink("h", &format!("s{}", s.canary.dir.join("x").display()));
+    assert_hostile(&s.unpack_fails(&one(&t)), "does not exist");
+
+    // The clamped path exists in the rootfs: the link is to that one.
+    let s = Scene::new();
+    let mut t = Tar::new();
+    t.file("canary/canary-file", b"inner")
+        .symlink("s", "../../canary")
+        .hardlink("h", "s/canary-file");
+    s.unpack_tars(&one(&t));
+    assert_eq!(s.meta("h").ino(), s.meta("canary/canary-file").ino());
+    assert_ne!(
+        s.meta("h").ino(),
+        fs::metadata(s.canary.dir.join("canary-file"))
+            .unwrap()
+            .ino()
+    );
+    s.canary.assert_unchanged();
+}
+
+#[test]
+fn hardlink_to_a_symlink_links_the_symlink_itself() {
+    let s = Scene::new();
+    let real = s.canary.dir.join("canary-file");
+    let mut t = Tar::new();
+    t.symlink("s", real.to_str().unwrap()).hardlink("h", "s");
+    s.unpack_tars(&one(&t));
+    assert!(s.meta("h").file_type().is_symlink());
+    assert_eq!(s.meta("h").ino(), s.meta("s").ino());
+    s.canary.assert_unchanged();
+}
+
+#[test]
+fn hardlink_to_a_directory_is_rejected() {
+    for target in ["d", "d/", "./d/.", "/"] {
+        let s = Scene::new();
+        let mut t = Tar::new();
+        t.dir("d").hardlink("h", target);
+        let err = s.unpack_fails(&one(&t));
+        assert!(
+            matches!(&err, UnpackError::Hostile { reason, .. } if reason.contains("directory")),
+            "{target}: {}",
+            chain(&err)
+        );
+    }
+}
+
+#[test]
+fn hardlink_without_a_target_is_rejected() {
+    let s = Scene::new();
+    let mut t = Tar::new();
+    t.hardlink("h", "");
+    assert_hostile(&s.unpack_fails(&one(&t)), "without a target");
+}
+
+#[test]
+fn hardlink_to_a_whited_out_path_is_rejected() {
+    let s = Scene::new();
+    let l1 = Tar::new().file("victim", b"v").finish();
+    let l2 = Tar::new()
+        .whiteout(".wh.victim")
+        .hardlink("h", "victim")
+        .finish();
+    assert_hostile(&s.unpack_fails(&[l1, l2]), "does not exist");
+}
+
+#[test]
+fn hardlink_to_a_missing_path_is_rejected() {
+    let s = Scene::new();
+    let mut t = Tar::new();
+    t.hardlink("h", "nowhere/at/all");
+    assert_hostile(&s.unpack_fails(&one(&t)), "does not exist");
+}
+
+#[test]
+fn hardlink_to_itself_is_rejected() {
+    for (name, target) in [("h", "h"), ("h", "./h"), ("/d/h", "d//h")] {
+        let s = Scene::new();
+        let mut t = Tar::new();
+        t.file("d/h", b"").file("h", b"").hardlink(name, target);
+        assert_hostile(&s.unpack_fails(&one(&t)), "itself");
+    }
+}
+
+#[test]
+fn whiteout_of_dot_dotdot_or_empty_is_rejected() {
+    for name in [".wh.", ".wh..", ".wh...", "d/.wh.", "d/.wh..", "d/.wh..."] {
+        let s = Scene::new();
+        let l1 = Tar::new().file("d/keep", b"k").finish();
+        let l2 = Tar::new().whiteout(name).finish();
+        let err = s.unpack_fails(&[l1, l2]);
+        assert_hostile(&err, "whiteout");
+    }
+}
+
+#[test]
+fn whiteout_name_with_a_slash_is_rejected() {
+    for name in [".wh.a/b", "d/.wh.x/y", ".wh..wh..opq/x"] {
+        let s = Scene::new();
+        let l1 = Tar::new().file("a/b", b"k").file("d/x/y", b"").finish();
+        let l2 = Tar::new().whiteout(name).finish();
+        assert_hostile(&s.unpack_fails(&[l1, l2]), "'/'");
+    }
+}
+
+#[test]
+fn whiteout_through_a_symlinked_dir_stays_inside() {
+    for link in ["/", "..", "../..", "../canary"] {
+        let s = Scene::new();
+        let l1 = Tar::new()
+            .file("canary/canary-file", b"inner")
+            .file("canary/x", b"inner")
+            .file("other", b"o")
+            .symlink("d", link)
+            .finish();
+        let l2 = Tar::new()
+            .whiteout("d/.wh.canary-file")
+            .whiteout("d/.wh.x")
+            .whiteout("d/.wh.canary")
+            .finish();
+        s.unpack_tars(&[l1, l2]);
+        s.canary.assert_unchanged();
+        assert_eq!(s.read("other"), b"o");
+    }
+}
+
+#[test]
+fn opaque_through_a_symlinked_dir_stays_inside() {
+    for link in ["/", "../..", "../canary"] {
+        let s = Scene::new();
+        let l1 = Tar::new()
+            .file("canary/sub/deep", b"inner")
+            .symlink("d", link)
+            .finish();
+        let l2 = Tar::new().whiteout("d/.wh..wh..opq").finish();
+        s.unpack_tars(&[l1, l2]);
+        s.canary.assert_unchanged();
+    }
+}
+
+#[test]
+fn pax_size_agreeing_or_filling_a_zero_header_is_honoured() {
+    // A smuggled header hides in the content: it must stay content.
+    let s = Scene::new();
+    let smuggled = Hdr::new(b"smuggled", kind::FILE).encode();
+    let mut h = Hdr::new(b"f", kind::FILE);
+    h.size = 0;
+    let mut t = Tar::new();
+    t.pax(&[("size", b"512")]).raw_entry(&h, &smuggled);
+    s.unpack_tars(&one(&t));
+    assert_eq!(s.read("f"), smuggled.to_vec());
+    assert!(!s.exists("smuggled"));
+    s.canary.assert_unchanged();
+}
+
+#[test]
+fn pax_size_disagreeing_with_the_header_is_rejected() {
+    let smuggled = Hdr::new(b"smuggled", kind::FILE).encode();
+    for (pax, header) in [("0", 512u64), ("1024", 5)] {
+        let s = Scene::new();
+        let mut h = Hdr::new(b"f", kind::FILE);
+        h.size = header;
+        let mut t = Tar::new();
+        t.pax(&[("size", pax.as_bytes())]).raw_entry(&h, &smuggled);
+        t.bytes(&[0u8; 512]);
+        let err = s.unpack_fails(&one(&t));
+        assert_hostile(&err, "size");
+    }
+}
+
+#[test]
+fn gnu_longname_with_dotdot_is_rejected() {
+    let s = Scene::new();
+    let mut t = Tar::new();
+    t.gnu_longname(b"../canary/canary-file")
+        .file("innocent", b"evil");
+    assert_hostile(&s.unpack_fails(&one(&t)), "'..'");
+
+    let s = Scene::new();
+    let mut t = Tar::new();
+    t.file("f", b"")
+        .gnu_longlink(b"../canary/canary-file")
+        .hardlink("h", "f");
+    assert_hostile(&s.unpack_fails(&one(&t)), "'..'");
+}
+
+#[test]
+fn gnu_longname_followed_by_nothing_is_a_stream_error() {
+    let s = Scene::new();
+    let mut t = Tar::new();
+    t.file("f", b"").gnu_longname(b"orphan");
+    assert_stream(&s.unpack_fails(&one(&t)));
+
+    let s = Scene::new();
+    let mut t = Tar::new();
+    t.gnu_longname(b"twice")
+        .gnu_longname(b"again")
+        .file("f", b"");
+    assert_stream(&s.unpack_fails(&one(&t)));
+
+    let s = Scene::new();
+    let mut t = Tar::new();
+    t.pax(&[("path", b"orphan")]);
+    assert_stream(&s.unpack_fails(&one(&t)));
+}
+
+#[test]
+fn oversized_metadata_records_are_refused_before_being_buffered() {
+    // A longname record that claims 8 MiB: a decompression bomb aimed at
+    // the name buffer, not at file content.
+    let s = Scene::new();
+    let mut h = Hdr::new(b"././@LongLink", kind::GNU_LONGNAME);
+    h.size = 8 << 20;
+    let mut t = Tar::new();
+    t.raw_entry(&h, &vec![b'a'; 8 << 20]).file("f", b"");
+    let blob = Blob::new(&t.finish(), Wrap::Zstd);
+    let err = layer_error(s.unpack(vec![blob.input()]).unwrap_err());
+    assert!(matches!(err, UnpackError::Limit { .. }), "{}", chain(&err));
+    s.assert_clean_failure();
+}
+
+#[test]
+fn duplicate_entries_last_one_wins() {
+    let s = Scene::new();
+    let mut t = Tar::new();
+    t.file("p", b"first")
+        .dir("p")
+        .file("p/child", b"c")
+        .file("p", b"last")
+        .symlink("q", "p")
+        .dir("q")
+        .file("q", b"q")
+        .hardlink("r", "q")
+        .file("r", b"r");
+    s.unpack_tars(&one(&t));
+    assert_eq!(s.read("p"), b"last");
+    assert_eq!(s.read("q"), b"q");
+    assert_eq!(s.read("r"), b"r");
+    assert_ne!(s.meta("q").ino(), s.meta("r").ino());
+    s.canary.assert_unchanged();
+}
+
+#[test]
+fn truncated_plain_tar_inside_a_file_is_a_stream_error() {
+    let s = Scene::new();
+    let tar = Tar::new().file("f", &[1u8; 4096]).unterminated();
+    let cut = tar[..512 + 1000].to_vec();
+    assert_stream(&s.unpack_fails(&[cut]));
+}
+
+#[test]
+fn truncated_gzip_is_a_stream_error() {
+    let tar = Tar::new().file("f", &vec![3u8; 200_000]).finish();
+    let gz = gzip(&tar);
+    for cut in [gz.len() / 2, gz.len() - 4] {
+        let s = Scene::new();
+        let blob = Blob::with_diff_id(gz[..cut].to_vec(), sha256(&tar));
+        let err = layer_error(s.unpack(vec![blob.input()]).unwrap_err());
+        assert_stream(&err);
+        s.assert_clean_failure();
+    }
+}
+
+#[test]
+fn truncated_zstd_is_a_stream_error() {
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let tar = Tar::new().file("f", &data).finish();
+    let zs = zstd(&tar);
+    for cut in [zs.len() / 2, zs.len() - 3] {
+        let s = Scene::new();
+        let blob = Blob::with_diff_id(zs[..cut].to_vec(), sha256(&tar));
+        let err = layer_error(s.unpack(vec![blob.input()]).unwrap_err());
+        assert_stream(&err);
+        s.assert_clean_failure();
+    }
+}
+
+fn two_layers_second(blob: Blob) -> UnpackError {
+    let s = Scene::new();
+    let first = Blob::new(&Tar::new().file("first", b"1").finish(), Wrap::Gzip);
+    let err = s.unpack(vec![first.input(), blob.input()]).unwrap_err();
+    let metalor::unpack::StagedUnpackError::Layer { index, .. } = &err else {
+        panic!("{}", chain(&err));
+    };
+    assert_eq!(*index, 1);
+    s.assert_clean_failure();
+    layer_error(err)
+}
+
+#[test]
+fn blob_digest_mismatch_fails_and_leaves_nothing() {
+    let tar = Tar::new().file("f", b"x").finish();
+    for wrap in [Wrap::Plain, Wrap::Gzip, Wrap::Zstd] {
+        let err = two_layers_second(Blob::new(&tar, wrap).wrong_digest());
+        assert_mismatch(&err, "blob digest");
+    }
+}
+
+#[test]
+fn blob_size_mismatch_fails_and_leaves_nothing() {
+    let tar = Tar::new().file("f", &[5u8; 10_000]).finish();
+    for wrap in [Wrap::Plain, Wrap::Gzip, Wrap::Zstd] {
+        let blob = Blob::new(&tar, wrap);
+        let real = blob.size;
+        for size in [real - 1, real + 1, 0, real / 2] {
+            let err = two_layers_second(blob.clone().wrong_size(size));
+            assert_mismatch(&err, "blob size");
+        }
+    }
+}
+
+#[test]
+fn diff_id_mismatch_fails_and_leaves_nothing() {
+    let tar = Tar::new().file("f", b"x").finish();
+    for wrap in [Wrap::Plain, Wrap::Gzip, Wrap::Zstd] {
+        let err = two_layers_second(Blob::new(&tar, wrap).wrong_diff_id());
+        assert_mismatch(&err, "diff_id");
+    }
+}
+
+#[test]
+fn diff_id_claiming_the_compressed_digest_is_a_mismatch() {
+    // Hashing once is only right for an uncompressed blob.
+    let tar = Tar::new().file("f", b"x").finish();
+    for wrap in [Wrap::Gzip, Wrap::Zstd] {
+        let mut blob = Blob::new(&tar, wrap);
+        blob.diff_id = blob.digest.clone();
+        let err = two_layers_second(blob);
+        assert_mismatch(&err, "diff_id");
+    }
+}
+
+#[test]
+fn malformed_digests_are_rejected_up_front() {
+    let tar = Tar::new().file("f", b"x").finish();
+    let mut blob = Blob::new(&tar, Wrap::Plain);
+    blob.digest = "md5:abcd".into();
+    assert_mismatch(&two_layers_second(blob), "digest format");
+    let mut blob = Blob::new(&tar, Wrap::Plain);
+    blob.diff_id = blob.diff_id.to_uppercase();
+    assert_mismatch(&two_layers_second(blob), "digest format");
+}
+
+#[test]
+fn failure_in_a_late_layer_after_escape_attempts_leaves_nothing() {
+    let s = Scene::new();
+    let l1 = Tar::new()
+        .dir("canary")
+        .symlink("a", "../canary")
+        .file("a/canary-file", b"in")
+        .finish();
+    let l2 = Tar::new()
+        .file("a/sub/deep", b"in")
+        .file("../x", b"evil")
+        .finish();
+    let err = s.unpack_fails(&[l1, l2]);
+    assert_hostile(&err, "'..'");
+}
+
+#[test]
+fn limits_stop_a_bomb_and_leave_nothing() {
+    let s = Scene::new();
+    let tar = Tar::new().file("bomb", &vec![0u8; 8 << 20]).finish();
+    let blob = Blob::new(&tar, Wrap::Zstd);
+    let opts = UnpackOptions {
+        max_bytes: Some(1 << 20),
+        ..UnpackOptions::default()
+    };
+    let err = layer_error(s.unpack_with(vec![blob.input()], opts).unwrap_err());
+    assert!(
+        matches!(err, UnpackError::Limit { what: "bytes", .. }),
+        "{}",
+        chain(&err)
+    );
+    s.assert_clean_failure();
+}
