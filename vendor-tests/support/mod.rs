@@ -119,6 +119,9 @@ pub struct Node {
     /// Extended attributes (name, value), sorted; `security.selinux` left
     /// out because the host labels it.
     pub xattrs: Vec<(String, Vec<u8>)>,
+    /// uid and gid; `None` once a suite decides owners are not comparable
+    /// (see [`drop_owners`]).
+    pub owner: Option<(u32, u32)>,
 }
 
 impl std::fmt::Display for Node {
@@ -138,6 +141,9 @@ impl std::fmt::Display for Node {
         }
         if let Some(r) = self.rdev {
             write!(f, " rdev={r:#x}")?;
+        }
+        if let Some((uid, gid)) = self.owner {
+            write!(f, " owner={uid}:{gid}")?;
         }
         for (k, v) in &self.xattrs {
             write!(f, " xattr:{k}={:?}", String::from_utf8_lossy(v))?;
@@ -186,6 +192,7 @@ fn walk(
         link_group: None,
         rdev: None,
         xattrs: xattrs(path),
+        owner: Some((meta.uid(), meta.gid())),
     };
     if ft.is_dir() {
         node.kind = "dir";
@@ -270,6 +277,65 @@ fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// Forgets every owner in `snap`, for comparisons where owners are not
+/// expected to agree.
+pub fn drop_owners(snap: &mut Snapshot) {
+    for node in snap.values_mut() {
+        node.owner = None;
+    }
+}
+
+/// True when this process can give files away (euid 0), so metalor keeps
+/// the image's owners.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The xattr in which `umoci unpack --rootless` records the image's owner
+/// of a file it could not chown.
+pub const ROOTLESS_XATTR: &str = "user.rootlesscontainers";
+
+/// Turns an umoci `--rootless` snapshot into what a privileged unpack
+/// would give: each `user.rootlesscontainers` xattr (protobuf message
+/// `Resource { uint32 uid = 1; uint32 gid = 2; }`, where 0xffffffff means
+/// "unchanged") is removed and becomes the node's owner.
+pub fn apply_rootless_owners(snap: &mut Snapshot) {
+    for (path, node) in snap.iter_mut() {
+        let Some(i) = node.xattrs.iter().position(|(k, _)| k == ROOTLESS_XATTR) else {
+            continue;
+        };
+        let (_, value) = node.xattrs.remove(i);
+        let (mut uid, mut gid) = node.owner.expect("owners recorded");
+        let mut rest = &value[..];
+        while let Some((&tag, tail)) = rest.split_first() {
+            let (v, tail) =
+                varint(tail).unwrap_or_else(|| panic!("{path}: bad {ROOTLESS_XATTR} {value:?}"));
+            rest = tail;
+            let v =
+                u32::try_from(v).unwrap_or_else(|_| panic!("{path}: id out of range in {value:?}"));
+            match tag {
+                0x08 if v != u32::MAX => uid = v,
+                0x10 if v != u32::MAX => gid = v,
+                0x08 | 0x10 => {}
+                _ => panic!("{path}: unexpected field tag {tag:#x} in {ROOTLESS_XATTR} {value:?}"),
+            }
+        }
+        node.owner = Some((uid, gid));
+    }
+}
+
+fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut v = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((v, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
 /// Every difference between two snapshots, one line each.
 pub fn diff_snapshots(
     left: &Snapshot,
@@ -298,12 +364,23 @@ pub fn diff_snapshots(
 /// Asserts that two trees have the same snapshot, printing every difference.
 pub fn assert_same_tree(what: &str, left: (&str, &Path), right: (&str, &Path)) {
     let (l, r) = (snapshot(left.1), snapshot(right.1));
+    assert_same_snapshot(what, (left.0, left.1, l), (right.0, right.1, r));
+}
+
+/// Asserts that two snapshots (of the trees at the given paths) are equal,
+/// printing every difference.
+pub fn assert_same_snapshot(
+    what: &str,
+    left: (&str, &Path, Snapshot),
+    right: (&str, &Path, Snapshot),
+) {
+    let (l, r) = (&left.2, &right.2);
     assert!(
         l.contains_key("."),
         "{what}: empty snapshot of {}",
         left.1.display()
     );
-    let diffs = diff_snapshots(&l, &r, left.0, right.0);
+    let diffs = diff_snapshots(l, r, left.0, right.0);
     assert!(
         diffs.is_empty(),
         "{what}: {} ({}) and {} ({}) differ in {} entries:\n{}",
