@@ -170,6 +170,12 @@ macro_rules! tar_case {
     };
 }
 
+// Not covered yet, on purpose: PAX sparse files (`tar --format=pax
+// --sparse`, GNU.sparse.* headers of versions 0.0, 0.1 and 1.0, also what
+// bsdtar writes for sparse files). metalor does not rebuild them yet (the
+// data lands in a short file or under `GNUSparseFile.PID/`); see the
+// vendor-tests report. Root-entry (`./`) modes are also left at 0755 here
+// because metalor does not apply them yet, unlike GNU tar and umoci.
 tar_case!(gnu_tar_gnu_format, "tar", "tar", ["--format=gnu", "-c"], ["-xp"], sparse: false, xattr: false);
 tar_case!(gnu_tar_gnu_format_sparse, "tar", "tar", ["--format=gnu", "--sparse", "-c"], ["-xp"], sparse: true, xattr: false);
 tar_case!(gnu_tar_oldgnu_format_sparse, "tar", "tar", ["--format=oldgnu", "--sparse", "-c"], ["-xp"], sparse: true, xattr: false);
@@ -178,6 +184,7 @@ tar_case!(gnu_tar_pax_xattrs, "tar", "tar", ["--format=pax", "--xattrs", "-c"], 
 tar_case!(bsdtar_pax_format, "bsdtar", "libarchive-tools", ["--format=pax", "-c"], ["-xp"], sparse: false, xattr: false);
 tar_case!(bsdtar_restricted_pax_format, "bsdtar", "libarchive-tools", ["--format=paxr", "-c"], ["-xp"], sparse: false, xattr: false);
 tar_case!(bsdtar_gnutar_format, "bsdtar", "libarchive-tools", ["--format=gnutar", "-c"], ["-xp"], sparse: false, xattr: false);
+tar_case!(bsdtar_pax_xattrs, "bsdtar", "libarchive-tools", ["--format=pax", "--xattrs", "-c"], ["--xattrs", "-xp"], sparse: false, xattr: true);
 
 /// bsdtar's archive, extracted by GNU tar too: the two oracles and metalor
 /// agree.
