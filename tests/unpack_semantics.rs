@@ -783,3 +783,15 @@ fn applier_alone_applies_a_plain_stream() {
     assert_eq!(fs::read(tmp.path().join("a/b")).unwrap(), b"ab");
     assert_eq!(applier.stats().files, 1);
 }
+
+#[test]
+fn root_entry_sets_the_rootfs_mode() {
+    let s = Scene::new();
+    let mut l1 = Tar::new();
+    l1.dir_mode("./", 0o700).file("x", b"x");
+    s.unpack_tars(&[l1.finish()]);
+    let mode = fs::metadata(&s.target).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o700);
+    assert_eq!(s.read("x"), b"x");
+    s.canary.assert_unchanged();
+}

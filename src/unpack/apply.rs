@@ -160,7 +160,7 @@ impl<'r> Applier<'r> {
         }
         if name.is_empty() {
             return match kind {
-                EntryType::Directory => Ok(()),
+                EntryType::Directory => self.root_metadata(entry),
                 _ => Err(hostile(&raw, "non-directory entry for the root")),
             };
         }
@@ -188,6 +188,18 @@ impl<'r> Applier<'r> {
         }
         self.record(path);
         Ok(())
+    }
+
+    /// A `./` entry sets the rootfs directory's owner and mode, as umoci
+    /// and `tar -xp` do.
+    fn root_metadata<R: Read>(&mut self, entry: &Entry<'_, R>) -> Result<(), UnpackError> {
+        let header = entry.header();
+        let mode = header.mode().map_err(UnpackError::Stream)?;
+        if self.privileges.chown {
+            let (uid, gid) = owner(entry, b".")?;
+            fsops::chown_fd(self.root, uid, gid).map_err(|e| io_error("chown", b".", e))?;
+        }
+        fsops::chmod_fd(self.root, mode).map_err(|e| io_error("chmod", b".", e))
     }
 
     fn count_entry(&mut self) -> Result<(), UnpackError> {
