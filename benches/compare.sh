@@ -126,13 +126,14 @@ mkdir -p "$RESULTS"
 RAW=$RESULTS/compare-$STAMP.tsv
 printf 'fs\ttool\tcomp\trun\twall\tuser\tsys\tmaxrss_kb\tload_before\tload_after\n' > "$RAW"
 
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 for fs in $FILESYSTEMS; do
   base=$(fs_dir "$fs")
   rm -rf "$base"
   mkdir -p "$base"
   sync
   [ "$fs" = disk ] && sleep 5   # let the removal's writeback settle before measuring
-  fstype=$(stat -f -c %T "$base")
+  fstype=$(findmnt -n -o FSTYPE -T "$base" 2>/dev/null | head -n1 || stat -f -c %T "$base")
   log "== $fs ($base, $fstype): $RUNS runs x ${#CASES[@]} cases, load $(cut -d' ' -f1-3 /proc/loadavg)"
   for run in $(seq 1 "$RUNS"); do
     for c in "${CASES[@]}"; do
@@ -172,6 +173,9 @@ TABLE=$RESULTS/compare-$STAMP.md
   echo "metalor $("$METALOR" --version 2>/dev/null | awk '{print $2}') ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), RUNS=$RUNS, $(date -u +%Y-%m-%dT%H:%MZ)"
   mb() { cat "$@" | wc -c | awk '{printf "%.0f MB", $1 / 1e6}'; }
   echo "image: $IMG, $(echo ${LAYERS[plain]} | wc -w) layers, $(mb ${LAYERS[plain]}) as tar, $(mb ${LAYERS[gzip]}) gzip, $(mb ${LAYERS[zstd]}) zstd"
+  echo
+  echo "load average (1/5/15 min): $LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
+  for fs in $FILESYSTEMS; do echo "$fs: $(fs_dir "$fs") ($(findmnt -n -o FSTYPE -T "$(dirname "$(fs_dir "$fs")")" 2>/dev/null | head -n1 || echo '?'))"; done
   echo
   echo "| fs | tool | layers | wall s (median) | min-max | user s | sys s | peak RSS MB | load before -> after | metalor / tool |"
   echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
