@@ -795,3 +795,28 @@ fn root_entry_sets_the_rootfs_mode() {
     assert_eq!(s.read("x"), b"x");
     s.canary.assert_unchanged();
 }
+
+#[test]
+fn whiteouts_spare_same_layer_writes_reached_through_a_dirlink() {
+    let s = Scene::new();
+    let mut l1 = Tar::new();
+    l1.dir("usr")
+        .dir("usr/bin")
+        .file("usr/bin/lower", b"lower")
+        .symlink("bin", "usr/bin");
+    let mut l2 = Tar::new();
+    // Written through the dirlink, then the real directory is made opaque.
+    l2.file("bin/sh", b"upper")
+        .file("usr/bin/.wh..wh..opq", b"");
+    let mut l3 = Tar::new();
+    l3.file("bin/ls", b"ls").whiteout("usr/bin/.wh.ls");
+    s.unpack_tars(&[l1.finish(), l2.finish(), l3.finish()]);
+    assert_eq!(s.read("usr/bin/sh"), b"upper");
+    assert!(!s.path("usr/bin/lower").exists());
+    assert_eq!(s.read("usr/bin/ls"), b"ls");
+    assert!(fs::symlink_metadata(s.path("bin"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    s.canary.assert_unchanged();
+}

@@ -53,14 +53,14 @@ pub struct Applier<'r> {
     privileges: Privileges,
     options: UnpackOptions,
     stats: LayerStats,
-    /// Paths this layer wrote: whiteouts must not touch them.
+    /// Locations this layer wrote (see [`location_key`]): whiteouts must
+    /// not touch them, whichever spelling of the path reaches them.
     written: HashSet<Vec<u8>>,
-    /// Every proper ancestor of a written path.
-    ancestors: HashSet<Vec<u8>>,
     /// Directory mtimes, set once the layer's children are in place.
     dir_times: Vec<(Vec<u8>, u64)>,
-    /// The last parent directory resolved, by normalized path.
-    parent_cache: Option<(Vec<u8>, OwnedFd)>,
+    /// The last parent directory resolved, by normalized path, with its
+    /// identity.
+    parent_cache: Option<(Vec<u8>, OwnedFd, DirId)>,
     buffer: Box<[u8]>,
 }
 
@@ -73,7 +73,6 @@ impl<'r> Applier<'r> {
             options,
             stats: LayerStats::default(),
             written: HashSet::new(),
-            ancestors: HashSet::new(),
             dir_times: Vec::new(),
             parent_cache: None,
             buffer: vec![0u8; COPY_BUFFER].into_boxed_slice(),
@@ -138,7 +137,6 @@ impl<'r> Applier<'r> {
             }
         }
         self.written.clear();
-        self.ancestors.clear();
         Ok(())
     }
 
@@ -186,7 +184,8 @@ impl<'r> Applier<'r> {
                 })
             }
         }
-        self.record(path);
+        let dir = self.parent_id(parent)?;
+        self.written.insert(location_key(dir, name));
         Ok(())
     }
 
@@ -213,31 +212,31 @@ impl<'r> Applier<'r> {
         }
     }
 
-    /// Remembers that this layer wrote `path`, and all its ancestors.
-    fn record(&mut self, path: Vec<u8>) {
-        let mut end = path.len();
-        while let Some(i) = path[..end].iter().rposition(|&b| b == b'/') {
-            if !self.ancestors.insert(path[..i].to_vec()) {
-                break;
-            }
-            end = i;
-        }
-        self.written.insert(path);
-    }
-
     /// The directory fd for `parent`, creating missing directories (0755) as
     /// tar does.
     fn parent_fd(&mut self, parent: &[u8]) -> Result<BorrowedFd<'_>, UnpackError> {
-        let hit = matches!(&self.parent_cache, Some((p, _)) if p.as_slice() == parent);
-        if !hit {
-            let fd = self.resolve_or_create_dir(parent)?;
-            self.parent_cache = Some((parent.to_vec(), fd));
-        }
+        self.cache_parent(parent)?;
         Ok(self
             .parent_cache
             .as_ref()
-            .map(|(_, fd)| fd.as_fd())
+            .map(|(_, fd, _)| fd.as_fd())
             .unwrap())
+    }
+
+    /// The identity of the directory `parent` resolves to.
+    fn parent_id(&mut self, parent: &[u8]) -> Result<DirId, UnpackError> {
+        self.cache_parent(parent)?;
+        Ok(self.parent_cache.as_ref().map(|(_, _, id)| *id).unwrap())
+    }
+
+    fn cache_parent(&mut self, parent: &[u8]) -> Result<(), UnpackError> {
+        let hit = matches!(&self.parent_cache, Some((p, _, _)) if p.as_slice() == parent);
+        if !hit {
+            let fd = self.resolve_or_create_dir(parent)?;
+            let id = dir_id(fd.as_fd()).map_err(|e| io_error("stat directory", parent, e))?;
+            self.parent_cache = Some((parent.to_vec(), fd, id));
+        }
+        Ok(())
     }
 
     fn resolve_or_create_dir(&mut self, dir: &[u8]) -> Result<OwnedFd, UnpackError> {
@@ -600,7 +599,8 @@ impl<'r> Applier<'r> {
             return Ok(());
         };
         self.parent_cache = None;
-        self.remove_lower(dir.as_fd(), target, &path)
+        let id = dir_id(dir.as_fd()).map_err(|e| io_error("stat directory", parent, e))?;
+        self.remove_lower(dir.as_fd(), id, target, &path)
     }
 
     /// `.wh..wh..opq`: empty the directory of lower-layer content.
@@ -613,7 +613,8 @@ impl<'r> Applier<'r> {
         let dir = fsops::open_subdir_nofollow(dir.as_fd(), b".")
             .map_err(|e| io_error("open directory", dir_path, e))?;
         self.parent_cache = None;
-        self.remove_lower_children(dir.as_fd(), dir_path)
+        let id = dir_id(dir.as_fd()).map_err(|e| io_error("stat directory", dir_path, e))?;
+        self.remove_lower_children(dir.as_fd(), id, dir_path)
     }
 
     fn existing_dir(&self, dir_path: &[u8]) -> Result<Option<OwnedFd>, UnpackError> {
@@ -631,36 +632,81 @@ impl<'r> Applier<'r> {
         }
     }
 
+    /// Removes what lower layers left at `name` in `dir`. What this layer
+    /// wrote stays: a directory that holds some of it is kept and only its
+    /// lower-layer children go.
     fn remove_lower(
         &mut self,
         dir: BorrowedFd<'_>,
+        id: DirId,
         name: &[u8],
         path: &[u8],
     ) -> Result<(), UnpackError> {
-        let touched = self.ancestors.contains(path);
-        let written = self.written.contains(path);
-        if !touched && !written {
+        let written = self.written.contains(&location_key(id, name));
+        let Some(st) = fsops::lstat_at(dir, name).map_err(|e| io_error("stat", path, e))? else {
+            return Ok(());
+        };
+        if fsops::file_type(&st) != FileType::Directory {
+            if written {
+                return Ok(());
+            }
             return fsops::remove_any_at(dir, name).map_err(|e| io_error("remove", path, e));
         }
-        match fsops::open_subdir_nofollow(dir, name) {
-            Ok(child) => self.remove_lower_children(child.as_fd(), path),
-            // Not a directory (or a symlink): this layer wrote it, keep it.
-            Err(_) => Ok(()),
+        let child = fsops::open_subdir_nofollow(dir, name)
+            .map_err(|e| io_error("open directory", path, e))?;
+        let child_id = (st.st_dev, st.st_ino);
+        self.remove_lower_children(child.as_fd(), child_id, path)?;
+        if written {
+            return Ok(());
+        }
+        // A lower directory that still holds this layer's entries stays.
+        match fsops::rmdir_at(dir, name) {
+            Ok(()) => Ok(()),
+            Err(e)
+                if matches!(
+                    Errno::from_io_error(&e),
+                    Some(Errno::NOTEMPTY) | Some(Errno::EXIST)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(io_error("remove", path, e)),
         }
     }
 
     fn remove_lower_children(
         &mut self,
         dir: BorrowedFd<'_>,
+        id: DirId,
         dir_path: &[u8],
     ) -> Result<(), UnpackError> {
         let names = fsops::list_dir(dir).map_err(|e| io_error("list", dir_path, e))?;
         for name in names {
             let child = join(dir_path, &name);
-            self.remove_lower(dir, &name, &child)?;
+            self.remove_lower(dir, id, &name, &child)?;
         }
         Ok(())
     }
+}
+
+/// A directory's identity: device and inode.
+type DirId = (u64, u64);
+
+fn dir_id(fd: BorrowedFd<'_>) -> io::Result<DirId> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// The key of a directory entry as the filesystem knows it: its directory's
+/// identity and its name. Two spellings of one location (through a dirlink
+/// such as `bin -> usr/bin`) give the same key; a hardlink elsewhere to the
+/// same inode does not.
+fn location_key(dir: DirId, name: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16 + name.len());
+    key.extend_from_slice(&dir.0.to_le_bytes());
+    key.extend_from_slice(&dir.1.to_le_bytes());
+    key.extend_from_slice(name);
+    key
 }
 
 /// Counts down a shared budget on every read; at zero, reads fail. The

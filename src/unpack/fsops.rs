@@ -242,3 +242,8 @@ pub fn chmod_at(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<()> {
     )
     .map_err(io::Error::from)
 }
+
+/// Removes the empty directory `name` in `dir`.
+pub fn rmdir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(io::Error::from)
+}
