@@ -1,13 +1,16 @@
-//! Two-core layer pipeline: one thread reads, hashes and decompresses blobs;
-//! the calling thread hashes the tar stream (diff_id) and applies it.
+//! The layer pipeline, sized for two cores: a decoder thread reads, checks
+//! and decompresses each blob; a hasher thread computes the diff_id of the
+//! decompressed stream; the calling thread parses and applies it.
 //!
-//! Chunks travel through a bounded channel and their buffers come back for
-//! reuse, so memory stays at a few MiB whatever the layer size, and layer
-//! N+1 is already decoding while layer N is still being applied.
+//! Decompressed chunks are shared (`Arc`) between the hasher and the
+//! applier through bounded channels and return to a pool when both are done
+//! with them, so memory stays at a few MiB whatever the layer size, and
+//! layer N+1 is already decoding while layer N is still being applied.
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::Arc;
 
 use super::apply::Applier;
 use super::decode::{self, Compression, Rewound};
@@ -16,6 +19,8 @@ use super::error::UnpackError;
 
 const CHUNK: usize = 1024 * 1024;
 const IN_FLIGHT: usize = 4;
+
+type Chunk = Arc<Vec<u8>>;
 
 /// One layer blob to apply, with what the image says about it.
 pub struct LayerInput {
@@ -29,11 +34,29 @@ pub struct LayerInput {
     pub diff_id: String,
 }
 
+/// Decoder to applier.
 enum Msg {
-    Data(Vec<u8>),
-    /// The blob was read to its end and matched its digest and size.
-    End,
+    Data(Chunk),
+    /// The blob was read to its end and matched its digest and size;
+    /// `hashed` says whether the hasher checks this layer's diff_id.
+    End {
+        hashed: bool,
+    },
     Failed(UnpackError),
+}
+
+/// Decoder to hasher.
+enum HashMsg {
+    Start(DigestCheck),
+    Data(Chunk),
+    End,
+}
+
+/// Gives a chunk's buffer back to the pool when this was the last reference.
+fn recycle(chunk: Chunk, pool: &SyncSender<Vec<u8>>) {
+    if let Ok(buffer) = Arc::try_unwrap(chunk) {
+        let _ = pool.try_send(buffer);
+    }
 }
 
 /// Applies `layers` in order with `applier`, verifying each blob digest, blob
@@ -43,54 +66,65 @@ pub fn apply_layers(
     layers: Vec<LayerInput>,
     on_layer: &mut dyn FnMut(usize, &str),
 ) -> Result<(), (usize, UnpackError)> {
-    let mut checks = Vec::with_capacity(layers.len());
+    let mut digests = Vec::with_capacity(layers.len());
     for (i, layer) in layers.iter().enumerate() {
-        let blob = DigestCheck::parse(&layer.digest).map_err(|e| (i, e))?;
-        let diff = DigestCheck::parse(&layer.diff_id).map_err(|e| (i, e))?;
-        checks.push((layer.digest.clone(), blob == diff, diff));
+        DigestCheck::parse(&layer.digest).map_err(|e| (i, e))?;
+        DigestCheck::parse(&layer.diff_id).map_err(|e| (i, e))?;
+        digests.push(layer.digest.clone());
     }
     let (tx, rx) = sync_channel::<Msg>(IN_FLIGHT);
-    let (pool_tx, pool_rx) = sync_channel::<Vec<u8>>(IN_FLIGHT + 2);
+    let (hash_tx, hash_rx) = sync_channel::<HashMsg>(IN_FLIGHT);
+    let (verdict_tx, verdict_rx) = channel::<Result<(), UnpackError>>();
+    let (pool_tx, pool_rx) = sync_channel::<Vec<u8>>(2 * IN_FLIGHT + 2);
+    let hasher_pool = pool_tx.clone();
     std::thread::scope(|scope| {
-        scope.spawn(move || decode_all(layers, tx, pool_rx));
+        scope.spawn(move || decode_all(layers, tx, hash_tx, pool_rx));
+        scope.spawn(move || hash_all(hash_rx, verdict_tx, hasher_pool));
         let mut stream = ChunkStream {
             rx,
             pool: pool_tx,
-            current: Vec::new(),
+            current: Arc::new(Vec::new()),
             pos: 0,
-            hasher: None,
-            ended: false,
+            ended: None,
             failure: None,
         };
-        for (i, (digest, same_as_blob, diff)) in checks.into_iter().enumerate() {
-            // For an uncompressed layer the diff_id is the blob digest, which
-            // the decoder already checks: hash once.
-            stream.hasher = (!same_as_blob).then(|| diff.hasher());
-            stream.ended = false;
-            apply_one(applier, &mut stream).map_err(|e| (i, e))?;
-            if let Some(hasher) = stream.hasher.take() {
-                diff.verify("diff_id", hasher).map_err(|e| (i, e))?;
+        for (i, digest) in digests.iter().enumerate() {
+            stream.ended = None;
+            let hashed = apply_one(applier, &mut stream).map_err(|e| (i, e))?;
+            if hashed {
+                let verdict = verdict_rx.recv().unwrap_or_else(|_| {
+                    Err(UnpackError::Stream(io::Error::other(
+                        "diff_id hasher stopped",
+                    )))
+                });
+                verdict.map_err(|e| (i, e))?;
             }
-            on_layer(i, &digest);
+            on_layer(i, digest);
         }
         Ok(())
     })
 }
 
-fn apply_one(applier: &mut Applier<'_>, stream: &mut ChunkStream) -> Result<(), UnpackError> {
+/// Applies one layer from the stream and reads the stream to the layer's
+/// end. Returns whether the hasher checks this layer's diff_id.
+fn apply_one(applier: &mut Applier<'_>, stream: &mut ChunkStream) -> Result<bool, UnpackError> {
     let result = applier.apply_layer(&mut *stream).map(|_| ());
     if let Some(failure) = stream.failure.take() {
         return Err(failure);
     }
     result?;
-    // Hash what follows the end-of-archive marker too: the diff_id covers
-    // the whole stream. A decoder failure (a digest or size mismatch found
-    // at the blob's end) is the error to report, not the read that saw it.
+    // Consume what follows the end-of-archive marker: the decoder's verdict
+    // on the blob comes after it. A decoder failure (a digest or size
+    // mismatch found at the blob's end) is the error to report, not the read
+    // that saw it.
     let drained = io::copy(stream, &mut io::sink());
-    match (stream.failure.take(), drained) {
-        (Some(failure), _) => Err(failure),
-        (None, Err(e)) => Err(UnpackError::Stream(e)),
-        (None, Ok(_)) => Ok(()),
+    match (stream.failure.take(), drained, stream.ended) {
+        (Some(failure), _, _) => Err(failure),
+        (None, Err(e), _) => Err(UnpackError::Stream(e)),
+        (None, Ok(_), Some(hashed)) => Ok(hashed),
+        (None, Ok(_), None) => Err(UnpackError::Stream(io::Error::other(
+            "layer stream ended without a verdict",
+        ))),
     }
 }
 
@@ -98,39 +132,34 @@ fn apply_one(applier: &mut Applier<'_>, stream: &mut ChunkStream) -> Result<(), 
 struct ChunkStream {
     rx: Receiver<Msg>,
     pool: SyncSender<Vec<u8>>,
-    current: Vec<u8>,
+    current: Chunk,
     pos: usize,
-    hasher: Option<Hasher>,
-    ended: bool,
+    /// Set at the layer's end: whether the hasher checks its diff_id.
+    ended: Option<bool>,
     failure: Option<UnpackError>,
 }
 
 impl Read for ChunkStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.current.len() {
-            if self.ended {
+            if self.ended.is_some() || self.failure.is_some() {
                 return Ok(0);
             }
             match self.rx.recv() {
                 Ok(Msg::Data(chunk)) => {
-                    if let Some(h) = self.hasher.as_mut() {
-                        h.update(&chunk);
-                    }
                     let old = std::mem::replace(&mut self.current, chunk);
-                    let _ = self.pool.try_send(old);
+                    recycle(old, &self.pool);
                     self.pos = 0;
                 }
-                Ok(Msg::End) => {
-                    self.ended = true;
+                Ok(Msg::End { hashed }) => {
+                    self.ended = Some(hashed);
                     return Ok(0);
                 }
                 Ok(Msg::Failed(e)) => {
                     self.failure = Some(e);
-                    self.ended = true;
                     return Err(io::Error::other("layer decoder failed"));
                 }
                 Err(_) => {
-                    self.ended = true;
                     return Err(io::Error::other("layer decoder stopped"));
                 }
             }
@@ -142,10 +171,46 @@ impl Read for ChunkStream {
     }
 }
 
-fn decode_all(layers: Vec<LayerInput>, tx: SyncSender<Msg>, pool: Receiver<Vec<u8>>) {
+/// The hasher thread: one diff_id check per `Start`..`End` run of chunks.
+fn hash_all(
+    rx: Receiver<HashMsg>,
+    verdicts: Sender<Result<(), UnpackError>>,
+    pool: SyncSender<Vec<u8>>,
+) {
+    let mut current: Option<(DigestCheck, Hasher)> = None;
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            HashMsg::Start(check) => {
+                let hasher = check.hasher();
+                current = Some((check, hasher));
+            }
+            HashMsg::Data(chunk) => {
+                if let Some((_, hasher)) = current.as_mut() {
+                    hasher.update(&chunk);
+                }
+                recycle(chunk, &pool);
+            }
+            HashMsg::End => {
+                if let Some((check, hasher)) = current.take() {
+                    if verdicts.send(check.verify("diff_id", hasher)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn decode_all(
+    layers: Vec<LayerInput>,
+    tx: SyncSender<Msg>,
+    hash_tx: SyncSender<HashMsg>,
+    pool: Receiver<Vec<u8>>,
+) {
     for layer in layers {
-        let msg = match decode_one(layer, &tx, &pool) {
-            Ok(()) => Msg::End,
+        let msg = match decode_one(layer, &tx, &hash_tx, &pool) {
+            Ok(Some(hashed)) => Msg::End { hashed },
+            Ok(None) => return,
             Err(e) => Msg::Failed(e),
         };
         let failed = matches!(msg, Msg::Failed(_));
@@ -155,13 +220,15 @@ fn decode_all(layers: Vec<LayerInput>, tx: SyncSender<Msg>, pool: Receiver<Vec<u
     }
 }
 
-/// Streams one blob through its digest check and decoder into chunks.
-/// Returns early (quietly) if the applier hung up.
+/// Streams one blob through its digest check and decoder into chunks for
+/// the applier (and the hasher). Returns whether the hasher checks the
+/// diff_id, or `None` if the applier hung up.
 fn decode_one(
     layer: LayerInput,
     tx: &SyncSender<Msg>,
+    hash_tx: &SyncSender<HashMsg>,
     pool: &Receiver<Vec<u8>>,
-) -> Result<(), UnpackError> {
+) -> Result<Option<bool>, UnpackError> {
     let check = DigestCheck::parse(&layer.digest)?;
     let diff = DigestCheck::parse(&layer.diff_id)?;
     let mut hashed = HashingReader {
@@ -170,7 +237,7 @@ fn decode_one(
         count: 0,
         limit: layer.size,
     };
-    let streamed = stream_blob(&mut hashed, check == diff, &diff, tx, pool);
+    let streamed = stream_blob(&mut hashed, &check, diff, tx, hash_tx, pool);
     let streamed = match streamed {
         // Past the declared size is a size mismatch, whatever read saw it.
         Err(_) if hashed.count > layer.size => Err(UnpackError::Mismatch {
@@ -180,8 +247,8 @@ fn decode_one(
         }),
         other => other,
     };
-    let Some(diff_hasher) = streamed? else {
-        return Ok(());
+    let Some(diff_hashed) = streamed? else {
+        return Ok(None);
     };
     if hashed.count != layer.size {
         return Err(UnpackError::Mismatch {
@@ -191,40 +258,42 @@ fn decode_one(
         });
     }
     check.verify("blob digest", hashed.hasher)?;
-    match diff_hasher {
-        Some(hasher) => diff.verify("diff_id", hasher),
-        None => Ok(()),
-    }
+    Ok(Some(diff_hashed))
 }
 
-/// Decodes the blob into chunks for the applier, then reads the blob to its
-/// end so the digest covers every byte. Returns `None` if the applier hung
-/// up. When the image says diff_id == blob digest, the applier skips the
-/// diff_id hash; that is only sound for an uncompressed blob, so for a
-/// compressed one the decoded stream is hashed here and returned.
+/// Decodes the blob into chunks, then reads the blob to its end so the
+/// digest covers every byte. For an uncompressed blob whose diff_id is its
+/// digest, the blob check already covers the stream and the hasher is not
+/// used; otherwise the hasher gets every chunk. Returns whether it did, or
+/// `None` if the applier hung up.
 fn stream_blob(
     hashed: &mut HashingReader,
-    diff_is_blob: bool,
-    diff: &DigestCheck,
+    check: &DigestCheck,
+    diff: DigestCheck,
     tx: &SyncSender<Msg>,
+    hash_tx: &SyncSender<HashMsg>,
     pool: &Receiver<Vec<u8>>,
-) -> Result<Option<Option<Hasher>>, UnpackError> {
+) -> Result<Option<bool>, UnpackError> {
     let (kind, rewound) = Rewound::sniff(&mut *hashed).map_err(UnpackError::Stream)?;
-    let mut diff_hasher = (diff_is_blob && kind != Compression::None).then(|| diff.hasher());
+    let hash = !(kind == Compression::None && *check == diff);
+    if hash && hash_tx.send(HashMsg::Start(diff)).is_err() {
+        return Ok(None);
+    }
     {
         let mut decoder = decode::decoder(kind, rewound).map_err(UnpackError::Stream)?;
         loop {
-            let mut chunk = pool
+            let mut buffer = pool
                 .try_recv()
                 .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
-            chunk.resize(CHUNK, 0);
-            let n = fill(&mut decoder, &mut chunk).map_err(UnpackError::Stream)?;
+            buffer.resize(CHUNK, 0);
+            let n = fill(&mut decoder, &mut buffer).map_err(UnpackError::Stream)?;
             if n == 0 {
                 break;
             }
-            chunk.truncate(n);
-            if let Some(h) = diff_hasher.as_mut() {
-                h.update(&chunk);
+            buffer.truncate(n);
+            let chunk = Arc::new(buffer);
+            if hash && hash_tx.send(HashMsg::Data(Arc::clone(&chunk))).is_err() {
+                return Ok(None);
             }
             if tx.send(Msg::Data(chunk)).is_err() {
                 return Ok(None);
@@ -233,7 +302,10 @@ fn stream_blob(
     }
     // The decoder may stop at its end marker; the digest covers every byte.
     io::copy(hashed, &mut io::sink()).map_err(UnpackError::Stream)?;
-    Ok(Some(diff_hasher))
+    if hash && hash_tx.send(HashMsg::End).is_err() {
+        return Ok(None);
+    }
+    Ok(Some(hash))
 }
 
 fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
