@@ -170,17 +170,15 @@ macro_rules! tar_case {
     };
 }
 
-// Not covered yet, on purpose: PAX sparse files (`tar --format=pax
-// --sparse`, GNU.sparse.* headers of versions 0.0, 0.1 and 1.0, also what
-// bsdtar writes for sparse files). metalor does not rebuild them yet (the
-// data lands in a short file or under `GNUSparseFile.PID/`); see the
-// vendor-tests report. Root-entry (`./`) modes are also left at 0755 here
-// because metalor does not apply them yet, unlike GNU tar and umoci.
 tar_case!(gnu_tar_gnu_format, "tar", "tar", ["--format=gnu", "-c"], ["-xp"], sparse: false, xattr: false);
 tar_case!(gnu_tar_gnu_format_sparse, "tar", "tar", ["--format=gnu", "--sparse", "-c"], ["-xp"], sparse: true, xattr: false);
 tar_case!(gnu_tar_oldgnu_format_sparse, "tar", "tar", ["--format=oldgnu", "--sparse", "-c"], ["-xp"], sparse: true, xattr: false);
 tar_case!(gnu_tar_pax_format, "tar", "tar", ["--format=pax", "-c"], ["-xp"], sparse: false, xattr: false);
 tar_case!(gnu_tar_pax_xattrs, "tar", "tar", ["--format=pax", "--xattrs", "-c"], ["--xattrs", "--xattrs-include=user.*", "-xp"], sparse: false, xattr: true);
+tar_case!(gnu_tar_pax_sparse_0_0, "tar", "tar", ["--format=pax", "--sparse", "--sparse-version=0.0", "-c"], ["-xp"], sparse: true, xattr: false);
+tar_case!(gnu_tar_pax_sparse_0_1, "tar", "tar", ["--format=pax", "--sparse", "--sparse-version=0.1", "-c"], ["-xp"], sparse: true, xattr: false);
+tar_case!(gnu_tar_pax_sparse_1_0, "tar", "tar", ["--format=pax", "--sparse", "--sparse-version=1.0", "-c"], ["-xp"], sparse: true, xattr: false);
+tar_case!(bsdtar_pax_sparse, "bsdtar", "libarchive-tools", ["--format=pax", "-c"], ["-xp"], sparse: true, xattr: false);
 tar_case!(bsdtar_pax_format, "bsdtar", "libarchive-tools", ["--format=pax", "-c"], ["-xp"], sparse: false, xattr: false);
 tar_case!(bsdtar_restricted_pax_format, "bsdtar", "libarchive-tools", ["--format=paxr", "-c"], ["-xp"], sparse: false, xattr: false);
 tar_case!(bsdtar_gnutar_format, "bsdtar", "libarchive-tools", ["--format=gnutar", "-c"], ["-xp"], sparse: false, xattr: false);

@@ -16,6 +16,7 @@ use tar::{Entry, EntryType};
 use super::error::{hostile, io_error, UnpackError};
 use super::fsops;
 use super::path::{self, Whiteout};
+use super::sparse::{self, PaxSparse};
 use super::{LayerStats, UnpackOptions};
 
 const COPY_BUFFER: usize = 256 * 1024;
@@ -146,7 +147,14 @@ impl<'r> Applier<'r> {
             return Ok(());
         }
         self.count_entry()?;
-        let raw = entry.path_bytes().into_owned();
+        let sparse = match kind {
+            EntryType::Regular | EntryType::Continuous => sparse::detect(entry)?,
+            _ => None,
+        };
+        let raw = match sparse.as_ref().and_then(|s| s.name.clone()) {
+            Some(name) => name,
+            None => entry.path_bytes().into_owned(),
+        };
         let path = path::normalize(&raw).map_err(|bad| hostile(&raw, bad_name(bad)))?;
         check_size(entry, &raw)?;
         let (parent, name) = path::split_parent(&path);
@@ -171,7 +179,7 @@ impl<'r> Applier<'r> {
         }
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.regular(entry, &path)?
+                self.regular(entry, &path, sparse.as_ref())?
             }
             EntryType::Directory => self.directory(entry, &path)?,
             EntryType::Symlink => self.symlink(entry, &path)?,
@@ -270,10 +278,18 @@ impl<'r> Applier<'r> {
         &mut self,
         entry: &mut Entry<'_, R>,
         path: &[u8],
+        sparse: Option<&PaxSparse>,
     ) -> Result<(), UnpackError> {
         let (parent, name) = path::split_parent(path);
         let file = self.create_file(parent, name, path)?;
         let mut file = std::fs::File::from(file);
+        if let Some(sparse) = sparse {
+            let (stats, limit) = (&mut self.stats, self.options.max_bytes);
+            let mut count = |n: u64| count_bytes(stats, limit, n);
+            sparse.write(entry, &mut file, path, &mut self.buffer, &mut count)?;
+            self.stats.files += 1;
+            return self.finish_metadata(file.as_fd(), entry, path);
+        }
         let mut written = 0u64;
         loop {
             let n = match entry.read(&mut self.buffer) {
@@ -283,15 +299,7 @@ impl<'r> Applier<'r> {
                 Err(e) => return Err(UnpackError::Stream(e)),
             };
             written += n as u64;
-            self.stats.bytes += n as u64;
-            if let Some(limit) = self.options.max_bytes {
-                if self.stats.bytes > limit {
-                    return Err(UnpackError::Limit {
-                        what: "bytes",
-                        limit,
-                    });
-                }
-            }
+            count_bytes(&mut self.stats, self.options.max_bytes, n as u64)?;
             file.write_all(&self.buffer[..n])
                 .map_err(|e| io_error("write", path, e))?;
         }
@@ -756,6 +764,18 @@ fn bad_name(bad: path::BadName) -> &'static str {
 /// which is how entries get smuggled past a scanner. A zero header size is
 /// how writers mark a size that does not fit the field, so only that may
 /// differ.
+/// Adds file content to the totals and enforces the byte limit.
+fn count_bytes(stats: &mut LayerStats, limit: Option<u64>, n: u64) -> Result<(), UnpackError> {
+    stats.bytes += n;
+    match limit {
+        Some(limit) if stats.bytes > limit => Err(UnpackError::Limit {
+            what: "bytes",
+            limit,
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn check_size<R: Read>(entry: &Entry<'_, R>, raw: &[u8]) -> Result<(), UnpackError> {
     let header_size = entry.header().entry_size().map_err(UnpackError::Stream)?;
     if header_size != 0

@@ -16,6 +16,7 @@ mod error;
 mod fsops;
 mod path;
 mod pipeline;
+mod sparse;
 mod stage;
 
 pub use apply::{Applier, Privileges};
