@@ -70,7 +70,7 @@ pub enum OciError {
     },
 
     /// A system call on the layout failed.
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}", path.display())]
     Io {
         /// The operation, for example `open blob` or `read index`.
         op: &'static str,
@@ -105,7 +105,7 @@ pub enum OciError {
     },
 
     /// A JSON document does not parse.
-    #[error("parse {what} {name}: {source}")]
+    #[error("parse {what} {name}")]
     Json {
         /// The kind of document.
         what: &'static str,
