@@ -9,7 +9,6 @@
 
 use crate::runtime::{worker_support, BuildCellSpec};
 use anyhow::Result;
-use std::path::Path;
 use std::process::Command;
 
 pub use crate::runtime::macos_support::{
@@ -18,39 +17,17 @@ pub use crate::runtime::macos_support::{
     DEFAULT_APPLE_LINUX_BUNDLE, HELPER_INFO_PLIST_TEMPLATE, HELPER_REQUEST_ENV,
     NETWORKED_HELPER_ENTITLEMENTS_TEMPLATE, OFFLINE_HELPER_ENTITLEMENTS_TEMPLATE,
 };
-pub use crate::runtime::worker_support::WorkerJob;
+// The job staging logic is shared with Windows/macOS and lives, tested on
+// Linux, in `worker_support`.
+pub use crate::runtime::worker_support::{
+    copy_worker_exports, load_request, prepare_job, sync_worker_caches, WorkerJob,
+};
 
 pub use crate::runtime::backend_caps;
-
-/// Reads a request file, for a helper given its path some other way.
-pub fn load_request(request_path: &Path) -> Result<BuildCellSpec> {
-    worker_support::load_request(request_path)
-}
-
-/// Resets `job_root` (absolute, no `..`) and stages the workspace seed,
-/// imports and caches into it; cell path `/a/b` maps to `job_root/a/b`.
-pub fn prepare_job(job_root: &Path, spec: &BuildCellSpec) -> Result<WorkerJob> {
-    worker_support::prepare_job(job_root, spec)
-}
 
 /// The job's command: cwd mapped into the job root (and created), a clean
 /// environment with only `spec.env`, inherited stdio. An absolute
 /// executable is a host path. Limits and network policy are not applied.
 pub fn build_worker_command(spec: &BuildCellSpec, job: &WorkerJob) -> Result<Command> {
     worker_support::build_worker_command(spec, job)
-}
-
-/// Copies each staged cache back over its host source, replacing it.
-pub fn sync_worker_caches(spec: &BuildCellSpec, job: &WorkerJob) -> Result<()> {
-    worker_support::sync_worker_caches(spec, job)
-}
-
-/// Copies exports out of the job root; a missing export fails only when the
-/// command succeeded.
-pub fn copy_worker_exports(
-    spec: &BuildCellSpec,
-    job: &WorkerJob,
-    command_succeeded: bool,
-) -> Result<()> {
-    worker_support::copy_worker_exports(spec, job, command_succeeded)
 }

@@ -9,7 +9,6 @@
 
 use crate::runtime::{worker_support, BuildCellSpec};
 use anyhow::Result;
-use std::path::Path;
 use std::process::Command;
 
 pub use crate::runtime::windows_support::{
@@ -18,21 +17,13 @@ pub use crate::runtime::windows_support::{
     validate_worker_target, WorkerTarget, WslProvider, WslResolution, DEFAULT_WSL_DISTRO,
     WORKER_REQUEST_ENV,
 };
-pub use crate::runtime::worker_support::WorkerJob;
+// The job staging logic is shared with Windows/macOS and lives, tested on
+// Linux, in `worker_support`.
+pub use crate::runtime::worker_support::{
+    copy_worker_exports, load_request, prepare_job, sync_worker_caches, WorkerJob,
+};
 
 pub use crate::runtime::backend_caps;
-
-/// Reads a request file, for a worker given its path some other way.
-pub fn load_request(request_path: &Path) -> Result<BuildCellSpec> {
-    worker_support::load_request(request_path)
-}
-
-/// Resets `job_root` (absolute, no `..`; a drive prefix is fine) and stages
-/// the workspace seed, imports and caches into it; cell path `/a/b` maps to
-/// `job_root\a\b`.
-pub fn prepare_job(job_root: &Path, spec: &BuildCellSpec) -> Result<WorkerJob> {
-    worker_support::prepare_job(job_root, spec)
-}
 
 /// The job's command inside the worker: cwd mapped into the job root (and
 /// created), a clean environment with only `spec.env`, inherited stdio. An
@@ -40,19 +31,4 @@ pub fn prepare_job(job_root: &Path, spec: &BuildCellSpec) -> Result<WorkerJob> {
 /// applied here. Named apart from the broker's `build_worker_command`.
 pub fn build_worker_process_command(spec: &BuildCellSpec, job: &WorkerJob) -> Result<Command> {
     worker_support::build_worker_command(spec, job)
-}
-
-/// Copies each staged cache back over its host source, replacing it.
-pub fn sync_worker_caches(spec: &BuildCellSpec, job: &WorkerJob) -> Result<()> {
-    worker_support::sync_worker_caches(spec, job)
-}
-
-/// Copies exports out of the job root; a missing export fails only when the
-/// command succeeded.
-pub fn copy_worker_exports(
-    spec: &BuildCellSpec,
-    job: &WorkerJob,
-    command_succeeded: bool,
-) -> Result<()> {
-    worker_support::copy_worker_exports(spec, job, command_succeeded)
 }

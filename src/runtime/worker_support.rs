@@ -75,7 +75,7 @@ fn validate_job_root(job_root: &Path) -> Result<()> {
 /// The root is removed first so that nothing from an earlier job leaks in.
 /// Like upstream, this does not run the Linux build-cell validation and
 /// ignores `spec.root`.
-pub(crate) fn prepare_job(job_root: &Path, spec: &BuildCellSpec) -> Result<WorkerJob> {
+pub fn prepare_job(job_root: &Path, spec: &BuildCellSpec) -> Result<WorkerJob> {
     validate_job_root(job_root)?;
     remove_path_if_exists(job_root)
         .with_context(|| format!("failed to reset worker job root {}", job_root.display()))?;
@@ -178,7 +178,7 @@ fn validate_executable(executable: &str) -> Result<()> {
 
 /// Copies each staged cache back over its host source, replacing it, so
 /// files the job deleted disappear from the cache too.
-pub(crate) fn sync_worker_caches(spec: &BuildCellSpec, job: &WorkerJob) -> Result<()> {
+pub fn sync_worker_caches(spec: &BuildCellSpec, job: &WorkerJob) -> Result<()> {
     for cache in &spec.caches {
         let staged = map_cell_path(&job.root, cache.destination.as_str())?;
         copy_path(&staged, cache.source.as_path())?;
@@ -188,7 +188,7 @@ pub(crate) fn sync_worker_caches(spec: &BuildCellSpec, job: &WorkerJob) -> Resul
 
 /// Copies each export out of the job root. A missing export is an error
 /// only when the command succeeded: a failed job may stop before writing.
-pub(crate) fn copy_worker_exports(
+pub fn copy_worker_exports(
     spec: &BuildCellSpec,
     job: &WorkerJob,
     command_succeeded: bool,
@@ -212,7 +212,7 @@ pub(crate) fn copy_worker_exports(
 }
 
 /// Reads the request file written by the host app for its helper/worker.
-pub(crate) fn load_request(request_path: &Path) -> Result<BuildCellSpec> {
+pub fn load_request(request_path: &Path) -> Result<BuildCellSpec> {
     read_build_cell_request(request_path)
 }
 
