@@ -8,6 +8,8 @@ mod caps;
 mod portable;
 mod protocol;
 
+#[cfg(target_os = "linux")]
+pub mod linux;
 pub mod linux_provider;
 #[cfg(target_os = "macos")]
 pub mod macos;
@@ -24,3 +26,9 @@ pub use portable::{
     HostPath, ImportSpec, NetworkPolicy, ResourceLimits, WorkspaceSeed,
 };
 pub use protocol::{build_cell_request_path, read_build_cell_request, write_build_cell_request};
+#[cfg(target_os = "linux")]
+pub use linux::{
+    build_unshare_reexec_command, build_unshare_reexec_command_with_backend, helper_binary_path,
+    probe_rootless_userns, run_isolated_container_command, BindMount, ContainerRunCommand,
+    LinuxNamespaceBackend, LinuxNamespaceProbe, RUN_HELPER_DIR,
+};
