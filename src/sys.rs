@@ -188,8 +188,13 @@ fn wait_and_mirror(child: libc::pid_t) -> ! {
 /// `fork` and `exec` in the child of `Command::spawn`.
 fn namespace_hook(plan: &NamespacePlan) -> io::Result<()> {
     enter_namespaces(plan)?;
-    // SAFETY: getpid has no preconditions.
-    let parent = unsafe { libc::getpid() };
+    // A pidfd of this process, inherited by the child, tells it whether
+    // its parent died before PR_SET_PDEATHSIG took effect: getppid() is 0
+    // for PID 1 of a new namespace and a pid cannot be probed across it.
+    // SAFETY: pidfd_open on our own pid only creates a descriptor.
+    let parent = unsafe {
+        libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0 as libc::c_uint) as libc::c_int
+    };
     // SAFETY: the process is single-threaded here (the child of a fork),
     // and both sides only make async-signal-safe calls before exec/_exit.
     let pid = unsafe { libc::fork() };
@@ -202,11 +207,20 @@ fn namespace_hook(plan: &NamespacePlan) -> io::Result<()> {
     // The container must not outlive the process its caller holds: when the
     // caller kills that process, the kernel kills this one, and with it
     // the whole PID namespace.
-    // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid only affect this process.
+    // SAFETY: prctl and poll on a stack pollfd only affect this process;
+    // `parent` is closed exactly once.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-        if libc::getppid() != parent {
-            libc::_exit(1);
+        if parent >= 0 {
+            let mut poll = libc::pollfd {
+                fd: parent,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if libc::poll(&mut poll, 1, 0) > 0 {
+                libc::_exit(1);
+            }
+            libc::close(parent);
         }
     }
     Ok(())
