@@ -41,7 +41,10 @@ fn reexec_error(prefix: &Path, command: &ContainerRunCommand) -> String {
 #[test]
 fn helper_paths_are_upstreams() {
     assert_eq!(RUN_HELPER_DIR, "/.metalor-run");
-    assert_eq!(helper_binary_path("qemu-aarch64-static"), "/.metalor-run/qemu-aarch64-static");
+    assert_eq!(
+        helper_binary_path("qemu-aarch64-static"),
+        "/.metalor-run/qemu-aarch64-static"
+    );
     let _: fn(&Path, &str, &Path, &ContainerRunCommand) -> anyhow::Result<std::process::Command> =
         build_unshare_reexec_command;
     let _: fn(
@@ -62,8 +65,14 @@ fn request_rules_reject_with_upstream_phrases_and_create_nothing() {
     let root = prefix.join("root");
     type Edit = fn(&mut ContainerRunCommand);
     let cases: Vec<(Edit, &str)> = vec![
-        (|c| c.cwd = "work".into(), "container cwd must be absolute: work"),
-        (|c| c.cwd = "/a/../b".into(), "container cwd must not contain '..': /a/../b"),
+        (
+            |c| c.cwd = "work".into(),
+            "container cwd must be absolute: work",
+        ),
+        (
+            |c| c.cwd = "/a/../b".into(),
+            "container cwd must not contain '..': /a/../b",
+        ),
         (
             |c| c.executable = "bin/true".into(),
             "container executable must be absolute or a bare command name: bin/true",
@@ -152,7 +161,11 @@ fn prefix_and_root_rules_reject_and_create_nothing() {
     let prefix = dir.path().canonicalize().unwrap();
     let root = prefix.join("root");
     let cases: Vec<(PathBuf, PathBuf, String)> = vec![
-        ("/".into(), root.clone(), "runtime root prefix must not be /".into()),
+        (
+            "/".into(),
+            root.clone(),
+            "runtime root prefix must not be /".into(),
+        ),
         (
             "relative/prefix".into(),
             root.clone(),
@@ -161,14 +174,24 @@ fn prefix_and_root_rules_reject_and_create_nothing() {
         (
             prefix.join("a/../b"),
             root.clone(),
-            format!("runtime root prefix must not contain '..': {}", prefix.join("a/../b").display()),
+            format!(
+                "runtime root prefix must not contain '..': {}",
+                prefix.join("a/../b").display()
+            ),
         ),
         (
             prefix.join("missing"),
             prefix.join("missing/root"),
-            format!("failed to canonicalize runtime root prefix {}", prefix.join("missing").display()),
+            format!(
+                "failed to canonicalize runtime root prefix {}",
+                prefix.join("missing").display()
+            ),
         ),
-        (prefix.clone(), "/".into(), "container root must not be /".into()),
+        (
+            prefix.clone(),
+            "/".into(),
+            "container root must not be /".into(),
+        ),
         (
             prefix.clone(),
             "rel/root".into(),
@@ -177,7 +200,10 @@ fn prefix_and_root_rules_reject_and_create_nothing() {
         (
             prefix.clone(),
             prefix.join("x/../root"),
-            format!("container root must not contain '..': {}", prefix.join("x/../root").display()),
+            format!(
+                "container root must not contain '..': {}",
+                prefix.join("x/../root").display()
+            ),
         ),
         (
             prefix.join("inner"),
@@ -207,11 +233,18 @@ fn symlinked_root_is_refused_before_anything_is_created_beyond_it() {
     symlink(&far, prefix.join("link")).unwrap();
 
     let err = reexec_error(&prefix, &command(&prefix.join("link/root")));
-    let want = format!("container root {} traverses a symlink", prefix.join("link").display());
+    let want = format!(
+        "container root {} traverses a symlink",
+        prefix.join("link").display()
+    );
     assert!(err.contains(&want), "want {want:?}, got {err:?}");
     let err = reexec_error(&prefix, &command(&prefix.join("link")));
     assert!(err.contains(&want), "want {want:?}, got {err:?}");
-    assert_eq!(fs::read_dir(&far).unwrap().count(), 0, "something was created through the link");
+    assert_eq!(
+        fs::read_dir(&far).unwrap().count(),
+        0,
+        "something was created through the link"
+    );
 
     fs::write(prefix.join("file"), b"").unwrap();
     let err = reexec_error(&prefix, &command(&prefix.join("file/root")));
@@ -228,24 +261,38 @@ fn sentinel_is_written_once_and_never_through_a_symlink() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().canonicalize().unwrap();
     let root = prefix.join("a/b/root");
-    build_unshare_reexec_command(Path::new("/proc/self/exe"), "inner", &prefix, &command(&root))
-        .unwrap();
+    build_unshare_reexec_command(
+        Path::new("/proc/self/exe"),
+        "inner",
+        &prefix,
+        &command(&root),
+    )
+    .unwrap();
     let sentinel = root.join(".metalor-root");
-    assert_eq!(fs::read(&sentinel).unwrap(), prefix.as_os_str().as_encoded_bytes());
+    assert_eq!(
+        fs::read(&sentinel).unwrap(),
+        prefix.as_os_str().as_encoded_bytes()
+    );
 
     fs::remove_file(&sentinel).unwrap();
     let victim = prefix.join("victim");
     fs::write(&victim, b"keep").unwrap();
     symlink(&victim, &sentinel).unwrap();
     let err = reexec_error(&prefix, &command(&root));
-    let want = format!("runtime root sentinel {} must not be a symlink", sentinel.display());
+    let want = format!(
+        "runtime root sentinel {} must not be a symlink",
+        sentinel.display()
+    );
     assert!(err.contains(&want), "want {want:?}, got {err:?}");
     assert_eq!(fs::read(&victim).unwrap(), b"keep");
 
     fs::remove_file(&sentinel).unwrap();
     fs::create_dir(&sentinel).unwrap();
     let err = reexec_error(&prefix, &command(&root));
-    let want = format!("runtime root sentinel {} must be a file", sentinel.display());
+    let want = format!(
+        "runtime root sentinel {} must be a file",
+        sentinel.display()
+    );
     assert!(err.contains(&want), "want {want:?}, got {err:?}");
 }
 
@@ -271,7 +318,10 @@ fn reexec_command_has_upstreams_trailing_args_and_env() {
         argv: vec!["--flag".into(), "--".into(), "last".into()],
     };
     let exe = Path::new("/usr/local/bin/consumer");
-    for backend in [LinuxNamespaceBackend::Privileged, LinuxNamespaceBackend::RootlessUser] {
+    for backend in [
+        LinuxNamespaceBackend::Privileged,
+        LinuxNamespaceBackend::RootlessUser,
+    ] {
         let built =
             build_unshare_reexec_command_with_backend(exe, "inner-run", &prefix, &cmd, backend)
                 .unwrap();
@@ -279,11 +329,34 @@ fn reexec_command_has_upstreams_trailing_args_and_env() {
         let args: Vec<&OsStr> = built.get_args().collect();
         let root_str = root.to_str().unwrap();
         let want = [
-            "inner-run", "--root", root_str, "--cwd", "/work", "--mount-source", "/src/a",
-            "--mount-dest", "/a", "--mount-mode", "ro", "--mount-source", "/src/b",
-            "--mount-dest", "/b", "--mount-mode", "rw", "--env", "A=1", "--env", "B=x=y",
-            "--emulator", "/.metalor-run/qemu-aarch64-static", "--executable", "env", "--flag",
-            "--", "last",
+            "inner-run",
+            "--root",
+            root_str,
+            "--cwd",
+            "/work",
+            "--mount-source",
+            "/src/a",
+            "--mount-dest",
+            "/a",
+            "--mount-mode",
+            "ro",
+            "--mount-source",
+            "/src/b",
+            "--mount-dest",
+            "/b",
+            "--mount-mode",
+            "rw",
+            "--env",
+            "A=1",
+            "--env",
+            "B=x=y",
+            "--emulator",
+            "/.metalor-run/qemu-aarch64-static",
+            "--executable",
+            "env",
+            "--flag",
+            "--",
+            "last",
         ];
         assert_eq!(args, want.map(OsStr::new));
         let envs: Vec<(&OsStr, Option<&OsStr>)> = built.get_envs().collect();
@@ -291,9 +364,15 @@ fn reexec_command_has_upstreams_trailing_args_and_env() {
         assert_eq!(
             envs,
             vec![
-                (OsStr::new("METALOR_PARENT_MOUNT_NS"), Some(own_ns.as_os_str())),
+                (
+                    OsStr::new("METALOR_PARENT_MOUNT_NS"),
+                    Some(own_ns.as_os_str())
+                ),
                 (OsStr::new("METALOR_PRIVATE_NS"), Some(OsStr::new("1"))),
-                (OsStr::new("METALOR_RUNTIME_ROOT_PREFIX"), Some(prefix.as_os_str())),
+                (
+                    OsStr::new("METALOR_RUNTIME_ROOT_PREFIX"),
+                    Some(prefix.as_os_str())
+                ),
             ]
         );
     }
@@ -307,10 +386,14 @@ fn inner_runner_validates_before_it_checks_isolation() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = command(&dir.path().join("root"));
     cmd.cwd = "rel".into();
-    let err = run_isolated_container_command(&cmd).unwrap_err().to_string();
+    let err = run_isolated_container_command(&cmd)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("container cwd must be absolute: rel"), "{err}");
     cmd.cwd = "/".into();
-    let err = run_isolated_container_command(&cmd).unwrap_err().to_string();
+    let err = run_isolated_container_command(&cmd)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("refusing to run container command without METALOR_PRIVATE_NS=1"),
         "{err}"
@@ -331,7 +414,10 @@ fn probe_reports_and_memoises() {
     assert_eq!(first.backend, LinuxNamespaceBackend::RootlessUser);
     assert!(!first.disable_network);
     let again = probe_rootless_userns(false);
-    assert_eq!((first.ok, first.status, &first.stderr), (again.ok, again.status, &again.stderr));
+    assert_eq!(
+        (first.ok, first.status, &first.stderr),
+        (again.ok, again.status, &again.stderr)
+    );
     let net = probe_rootless_userns(true);
     assert!(net.disable_network);
     if !first.ok {
@@ -356,17 +442,29 @@ fn library_reexec_runs_the_payload_in_private_namespaces() {
     let mut cmd = command(&fx.rootfs);
     cmd.executable = "sh".into();
     cmd.argv = vec!["-c".into(), "echo $$ $PPID; exit 3".into()];
-    for backend in [LinuxNamespaceBackend::Privileged, LinuxNamespaceBackend::RootlessUser] {
+    for backend in [
+        LinuxNamespaceBackend::Privileged,
+        LinuxNamespaceBackend::RootlessUser,
+    ] {
         if backend == LinuxNamespaceBackend::RootlessUser && !probe_rootless_userns(false).ok {
             continue; // probe_reports_and_memoises explains or fails.
         }
-        let output =
-            build_unshare_reexec_command_with_backend(exe, "__inner-run", &fx.prefix, &cmd, backend)
-                .unwrap()
-                .output()
-                .unwrap();
+        let output = build_unshare_reexec_command_with_backend(
+            exe,
+            "__inner-run",
+            &fx.prefix,
+            &cmd,
+            backend,
+        )
+        .unwrap()
+        .output()
+        .unwrap();
         let out = String::from_utf8_lossy(&output.stdout);
-        assert_eq!(output.status.code(), Some(3), "{backend:?}: {out} {output:?}");
+        assert_eq!(
+            output.status.code(),
+            Some(3),
+            "{backend:?}: {out} {output:?}"
+        );
         assert_eq!(out, "2 1\n", "{backend:?}: the runner is PID 1");
     }
 }
@@ -387,10 +485,16 @@ fn killing_the_reexec_process_ends_the_container() {
         .unwrap()
         .spawn()
         .unwrap();
-    assert!(started.elapsed().as_secs() < 3, "spawn() waited for the container");
+    assert!(
+        started.elapsed().as_secs() < 3,
+        "spawn() waited for the container"
+    );
     std::thread::sleep(std::time::Duration::from_millis(300));
     child.kill().unwrap();
     child.wait().unwrap();
     std::thread::sleep(std::time::Duration::from_secs(4));
-    assert!(!fx.prefix.join("shared/marker").exists(), "the payload outlived its runner");
+    assert!(
+        !fx.prefix.join("shared/marker").exists(),
+        "the payload outlived its runner"
+    );
 }

@@ -19,7 +19,11 @@ fn echo_runs_and_exit_codes_propagate() {
 
     let out = run_in(&fx.rootfs, &[], &["sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
-    assert!(stderr(&out).is_empty(), "a payload's exit code is not an error: {}", stderr(&out));
+    assert!(
+        stderr(&out).is_empty(),
+        "a payload's exit code is not an error: {}",
+        stderr(&out)
+    );
 
     let out = run_in(&fx.rootfs, &[], &["sh", "-c", "kill -TERM $$"]);
     assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));
@@ -30,7 +34,11 @@ fn echo_runs_and_exit_codes_propagate() {
 #[test]
 fn runner_is_pid_one_and_the_payload_its_child() {
     let Some(fx) = Fixture::new() else { return };
-    let out = run_in(&fx.rootfs, &[], &["sh", "-c", "echo $$ $PPID; ls /proc | grep -c '^[0-9]'"]);
+    let out = run_in(
+        &fx.rootfs,
+        &[],
+        &["sh", "-c", "echo $$ $PPID; ls /proc | grep -c '^[0-9]'"],
+    );
     // PID 1 is the inner runner (upstream's shape: `unshare --fork` then
     // the consumer's hidden verb); the payload is PID 2, and nothing of the
     // host's process tree is visible (runner, sh, ls, grep).
@@ -47,7 +55,10 @@ fn hostname_is_private() {
         &["sh", "-c", "hostname metalor-test && hostname"],
     );
     assert_eq!(ok_stdout(&out), "metalor-test\n");
-    assert_eq!(fs::read_to_string("/proc/sys/kernel/hostname").unwrap(), before);
+    assert_eq!(
+        fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        before
+    );
 }
 
 #[test]
@@ -55,7 +66,9 @@ fn environment_is_exactly_what_was_given() {
     let Some(fx) = Fixture::new() else { return };
     let out = metalor()
         .env("METALOR_TEST_LEAK", "1")
-        .args(["run", "--env", "A=1", "--env", "B=x=y", "--env", "A=2", "--rootfs"])
+        .args([
+            "run", "--env", "A=1", "--env", "B=x=y", "--env", "A=2", "--rootfs",
+        ])
         .arg(&fx.rootfs)
         .args(["--", "/bin/env"])
         .output()
@@ -76,7 +89,11 @@ fn bare_names_are_found_on_the_containers_path() {
     // Not on the given PATH: not found, even though /bin has the applet.
     let out = run_in(&fx.rootfs, &["--env", "PATH=/nowhere"], &["true"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("failed to spawn container command true"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("failed to spawn container command true"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -102,7 +119,10 @@ fn read_only_binds_refuse_writes_and_read_write_binds_reach_the_host() {
     assert_eq!(ok_stdout(&out), "from host\n");
     assert!(!ro.join("new").exists());
     assert_eq!(fs::read_to_string(rw.join("out")).unwrap(), "data\n");
-    assert!(host_mounts_under(&fx.rootfs).is_empty(), "mounts leaked to the host");
+    assert!(
+        host_mounts_under(&fx.rootfs).is_empty(),
+        "mounts leaked to the host"
+    );
 }
 
 #[test]
@@ -127,10 +147,17 @@ fn auto_binds_and_an_explicit_override() {
     let sink = fx.outside("sink");
     fs::write(&sink, b"").unwrap();
     let bind = format!("{}:/dev/null", sink.display());
-    let out = run_in(&fx.rootfs, &["--bind", &bind], &["sh", "-c", "echo caught > /dev/null"]);
+    let out = run_in(
+        &fx.rootfs,
+        &["--bind", &bind],
+        &["sh", "-c", "echo caught > /dev/null"],
+    );
     ok_stdout(&out);
     assert_eq!(fs::read_to_string(&sink).unwrap(), "caught\n");
-    assert!(host_mounts_under(&fx.rootfs).is_empty(), "mounts leaked to the host");
+    assert!(
+        host_mounts_under(&fx.rootfs).is_empty(),
+        "mounts leaked to the host"
+    );
 }
 
 #[test]
@@ -171,10 +198,21 @@ fn mount_targets_through_symlinks_are_refused_with_nothing_created_outside() {
     symlink(&far, fx.rootfs.join("dev")).unwrap();
     let out = run_in(&fx.rootfs, &[], &["true"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("traverses a symlink at"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("traverses a symlink at"),
+        "{}",
+        stderr(&out)
+    );
 
-    assert_eq!(fs::read_dir(&far).unwrap().count(), 0, "created through a symlink");
-    assert!(host_mounts_under(&fx.rootfs).is_empty(), "mounts leaked to the host");
+    assert_eq!(
+        fs::read_dir(&far).unwrap().count(),
+        0,
+        "created through a symlink"
+    );
+    assert!(
+        host_mounts_under(&fx.rootfs).is_empty(),
+        "mounts leaked to the host"
+    );
 }
 
 #[test]
@@ -192,7 +230,10 @@ fn net_none_sees_only_loopback_and_it_is_up() {
     let out = run_in(&fx.rootfs, &["--net", "none"], &["ifconfig"]);
     let text = ok_stdout(&out);
     // `ifconfig` without -a lists only interfaces that are up.
-    assert!(text.contains("lo        Link encap:Local Loopback"), "{text}");
+    assert!(
+        text.contains("lo        Link encap:Local Loopback"),
+        "{text}"
+    );
     assert!(text.contains("UP LOOPBACK RUNNING"), "{text}");
 }
 
@@ -204,7 +245,10 @@ fn capabilities_are_narrowed_unless_privileged() {
     // Docker's default set: chown dac_override fowner fsetid kill setgid
     // setuid setpcap net_bind_service net_raw sys_chroot mknod audit_write
     // setfcap.
-    assert_eq!(ok_stdout(&out), "CapBnd:\t00000000a80425fb\nNoNewPrivs:\t1\n");
+    assert_eq!(
+        ok_stdout(&out),
+        "CapBnd:\t00000000a80425fb\nNoNewPrivs:\t1\n"
+    );
     let out = run_in(&fx.rootfs, &["--privileged"], &["sh", "-c", script]);
     let text = ok_stdout(&out);
     assert!(text.ends_with("NoNewPrivs:\t0\n"), "{text}");
@@ -216,8 +260,8 @@ fn rootless_backend_end_to_end() {
     let Some(fx) = Fixture::new() else { return };
     let probe = metalor::probe_rootless_userns(false);
     if !probe.ok {
-        let supported = fs::read_to_string("/proc/sys/user/max_user_namespaces")
-            .is_ok_and(|s| s.trim() != "0");
+        let supported =
+            fs::read_to_string("/proc/sys/user/max_user_namespaces").is_ok_and(|s| s.trim() != "0");
         let reason = format!("user namespaces are refused here: {}", probe.stderr);
         if supported {
             skip_or_fail(&reason);
@@ -232,7 +276,15 @@ fn rootless_backend_end_to_end() {
     let rw_bind = format!("{}:/rw", rw.display());
     let out = run_in(
         &fx.rootfs,
-        &["--rootless", "--net", "none", "--bind", &ro_bind, "--bind", &rw_bind],
+        &[
+            "--rootless",
+            "--net",
+            "none",
+            "--bind",
+            &ro_bind,
+            "--bind",
+            &rw_bind,
+        ],
         &[
             "sh",
             "-c",
@@ -247,7 +299,10 @@ fn rootless_backend_end_to_end() {
     assert_eq!(&words[..3], ["0", euid.as_str(), "1"], "{text}");
     assert!(text.ends_with("2 1\nro-refused\n1\n"), "{text}");
     assert_eq!(fs::read_to_string(rw.join("out")).unwrap(), "yes\n");
-    assert!(host_mounts_under(&fx.rootfs).is_empty(), "mounts leaked to the host");
+    assert!(
+        host_mounts_under(&fx.rootfs).is_empty(),
+        "mounts leaked to the host"
+    );
 }
 
 fn rustix_free_euid() -> String {
@@ -259,13 +314,25 @@ fn rustix_free_euid() -> String {
 #[test]
 fn usage_and_runtime_errors() {
     let Some(fx) = Fixture::new() else { return };
-    let out = metalor().args(["run", "--rootfs"]).arg(&fx.rootfs).output().unwrap();
+    let out = metalor()
+        .args(["run", "--rootfs"])
+        .arg(&fx.rootfs)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "no command is a usage error");
     let out = run_in(&fx.rootfs, &["--cwd", "rel"], &["true"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("container cwd must be absolute: rel"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("container cwd must be absolute: rel"),
+        "{}",
+        stderr(&out)
+    );
     let out = run_in(&fx.rootfs, &["--cwd", "/missing"], &["true"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("failed to chdir to /missing"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("failed to chdir to /missing"),
+        "{}",
+        stderr(&out)
+    );
     assert!(stdout(&out).is_empty());
 }

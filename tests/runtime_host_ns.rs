@@ -24,7 +24,9 @@ fn inner_runner_refuses_the_host_mount_namespace() {
         executable: "/bin/true".into(),
         argv: vec![],
     };
-    let err = run_isolated_container_command(&command).unwrap_err().to_string();
+    let err = run_isolated_container_command(&command)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("refusing to run container command in the host mount namespace"),
         "{err}"
@@ -34,14 +36,19 @@ fn inner_runner_refuses_the_host_mount_namespace() {
     // Without the parent's namespace, upstream's fallback reads
     // /proc/1/ns/mnt, which some sandboxes refuse even to root.
     std::env::remove_var("METALOR_PARENT_MOUNT_NS");
-    let err = run_isolated_container_command(&command).unwrap_err().to_string();
+    let err = run_isolated_container_command(&command)
+        .unwrap_err()
+        .to_string();
     let pid1 = fs::read_link("/proc/1/ns/mnt");
     match pid1 {
         Ok(ns) if ns == own => assert!(
             err.contains("refusing to run container command in the host mount namespace"),
             "{err}"
         ),
-        Ok(_) => assert!(err.contains("missing runtime root sentinel") || err.contains("canonicalize"), "{err}"),
+        Ok(_) => assert!(
+            err.contains("missing runtime root sentinel") || err.contains("canonicalize"),
+            "{err}"
+        ),
         Err(_) => assert!(
             err.contains("failed to read /proc/1/ns/mnt for container isolation check"),
             "{err}"

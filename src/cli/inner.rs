@@ -80,7 +80,8 @@ fn parse_trailing_args(args: &[OsString]) -> Result<(ContainerRunCommand, bool)>
                     "rw" => false,
                     other => bail!("invalid --mount-mode {other}"),
                 };
-                let (Some(source), Some(destination)) = (pending_source.take(), pending_dest.take())
+                let (Some(source), Some(destination)) =
+                    (pending_source.take(), pending_dest.take())
                 else {
                     bail!("--mount-mode without --mount-source and --mount-dest");
                 };

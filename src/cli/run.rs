@@ -55,8 +55,16 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let command = ContainerRunCommand {
         root,
         cwd: args.cwd.clone(),
-        mounts: args.binds.iter().map(|b| parse_bind(b)).collect::<Result<_>>()?,
-        env: args.env.iter().map(|e| parse_env(e)).collect::<Result<_>>()?,
+        mounts: args
+            .binds
+            .iter()
+            .map(|b| parse_bind(b))
+            .collect::<Result<_>>()?,
+        env: args
+            .env
+            .iter()
+            .map(|e| parse_env(e))
+            .collect::<Result<_>>()?,
         emulator: None,
         executable: args.command[0].clone(),
         argv: args.command[1..].to_vec(),

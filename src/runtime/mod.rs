@@ -21,14 +21,14 @@ mod windows_support;
 mod worker_support;
 
 pub use caps::{backend_caps, BackendCaps};
-pub use portable::{
-    BuildCellResult, BuildCellSpec, CacheSpec, CellPath, CleanupPolicy, CommandSpec, ExportSpec,
-    HostPath, ImportSpec, NetworkPolicy, ResourceLimits, WorkspaceSeed,
-};
-pub use protocol::{build_cell_request_path, read_build_cell_request, write_build_cell_request};
 #[cfg(target_os = "linux")]
 pub use linux::{
     build_unshare_reexec_command, build_unshare_reexec_command_with_backend, helper_binary_path,
     probe_rootless_userns, run_isolated_container_command, BindMount, ContainerRunCommand,
     LinuxNamespaceBackend, LinuxNamespaceProbe, RUN_HELPER_DIR,
 };
+pub use portable::{
+    BuildCellResult, BuildCellSpec, CacheSpec, CellPath, CleanupPolicy, CommandSpec, ExportSpec,
+    HostPath, ImportSpec, NetworkPolicy, ResourceLimits, WorkspaceSeed,
+};
+pub use protocol::{build_cell_request_path, read_build_cell_request, write_build_cell_request};

@@ -161,7 +161,10 @@ pub(crate) fn prepare_runtime_root(root: &Path, prefix: &Path) -> Result<PathBuf
 fn write_sentinel(root: &OwnedFd, path: &Path, prefix: &Path) -> Result<()> {
     let name = OsStr::new(ROOT_SENTINEL);
     match open_entry(root, name).with_context(|| format!("failed to inspect {}", path.display()))? {
-        Entry::Symlink => bail!("runtime root sentinel {} must not be a symlink", path.display()),
+        Entry::Symlink => bail!(
+            "runtime root sentinel {} must not be a symlink",
+            path.display()
+        ),
         Entry::Directory(_) => bail!("runtime root sentinel {} must be a file", path.display()),
         Entry::Other(fd) => {
             let kind = FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode);
@@ -171,7 +174,8 @@ fn write_sentinel(root: &OwnedFd, path: &Path, prefix: &Path) -> Result<()> {
         }
         Entry::Missing => {}
     }
-    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let flags =
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(root, name, flags, Mode::from_raw_mode(0o644))
         .with_context(|| format!("failed to write runtime root sentinel {}", path.display()))?;
     fs::File::from(fd)
@@ -189,7 +193,10 @@ pub(crate) fn verify_sentinel(root: &Path, prefix: &Path) -> Result<()> {
         .with_context(|| format!("failed to inspect {}", path.display()))?
     {
         Entry::Missing => bail!("missing runtime root sentinel {}", path.display()),
-        Entry::Symlink => bail!("runtime root sentinel {} must not be a symlink", path.display()),
+        Entry::Symlink => bail!(
+            "runtime root sentinel {} must not be a symlink",
+            path.display()
+        ),
         Entry::Directory(_) => bail!("runtime root sentinel {} must be a file", path.display()),
         Entry::Other(_) => {}
     }

@@ -192,7 +192,11 @@ fn mount_user_binds(command: &ContainerRunCommand, root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn mount_auto_binds(command: &ContainerRunCommand, root: &Path, options: &RunOptions) -> Result<()> {
+fn mount_auto_binds(
+    command: &ContainerRunCommand,
+    root: &Path,
+    options: &RunOptions,
+) -> Result<()> {
     let covered = |target: &str| {
         command
             .mounts

@@ -75,7 +75,8 @@ pub(crate) fn prepare_container_mount_target(
             (Entry::Symlink, _, _) => {
                 bail!("{ctx} {dest} traverses a symlink at {}", partial.display())
             }
-            (Entry::Directory(fd), false, _) | (Entry::Directory(fd), true, TargetKind::Directory) => fd,
+            (Entry::Directory(fd), false, _)
+            | (Entry::Directory(fd), true, TargetKind::Directory) => fd,
             (Entry::Directory(_), true, TargetKind::File) => bail!(
                 "{ctx} {dest} already exists as a directory at {}",
                 partial.display()
@@ -121,7 +122,11 @@ pub(crate) fn bind_onto(source: &Path, target: &OwnedFd, read_only: bool) -> std
 pub(crate) fn mount_proc_onto(target: &OwnedFd) -> std::io::Result<()> {
     let context = fsopen("proc", FsOpenFlags::FSOPEN_CLOEXEC)?;
     fsconfig_create(&context)?;
-    let mount = fsmount(&context, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())?;
+    let mount = fsmount(
+        &context,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::empty(),
+    )?;
     attach(&mount, target)
 }
 
