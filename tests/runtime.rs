@@ -498,3 +498,95 @@ fn killing_the_reexec_process_ends_the_container() {
         "the payload outlived its runner"
     );
 }
+
+/// The inner side's own refusals, reached through the real re-exec with
+/// one piece of the handshake tampered with after construction.
+#[test]
+fn inner_side_refusals_use_upstreams_phrases() {
+    let Some(fx) = Fixture::new() else { return };
+    let exe = Path::new(env!("CARGO_BIN_EXE_metalor"));
+    let cmd = command(&fx.rootfs);
+    let build = || build_unshare_reexec_command(exe, "__inner-run", &fx.prefix, &cmd).unwrap();
+    let stderr_of = |mut reexec: std::process::Command| {
+        let output = reexec.output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let sentinel = fx.rootfs.join(".metalor-root");
+
+    let mut reexec = build();
+    reexec.env_remove("METALOR_PRIVATE_NS");
+    let err = stderr_of(reexec);
+    assert!(
+        err.contains("refusing to run container command without METALOR_PRIVATE_NS=1"),
+        "{err}"
+    );
+
+    let mut reexec = build();
+    reexec.env_remove("METALOR_RUNTIME_ROOT_PREFIX");
+    let err = stderr_of(reexec);
+    assert!(
+        err.contains("missing required env METALOR_RUNTIME_ROOT_PREFIX"),
+        "{err}"
+    );
+
+    let other = fx.outside("other");
+    fs::create_dir(&other).unwrap();
+    let mut reexec = build();
+    reexec.env("METALOR_RUNTIME_ROOT_PREFIX", &other);
+    let err = stderr_of(reexec);
+    let want = format!(
+        "refusing to run container command outside runtime root prefix: {} is not under {}",
+        fx.rootfs.display(),
+        other.display()
+    );
+    assert!(err.contains(&want), "{err}");
+
+    let reexec = build();
+    fs::write(&sentinel, b"/somewhere/else").unwrap();
+    let err = stderr_of(reexec);
+    let want = format!(
+        "runtime root sentinel {} did not match the declared runtime root prefix",
+        sentinel.display()
+    );
+    assert!(err.contains(&want), "{err}");
+
+    let reexec = build();
+    fs::remove_file(&sentinel).unwrap();
+    let err = stderr_of(reexec);
+    assert!(
+        err.contains(&format!(
+            "missing runtime root sentinel {}",
+            sentinel.display()
+        )),
+        "{err}"
+    );
+
+    let reexec = build();
+    fs::remove_file(&sentinel).unwrap();
+    symlink(fx.outside("other"), &sentinel).unwrap();
+    let err = stderr_of(reexec);
+    let want = format!(
+        "runtime root sentinel {} must not be a symlink",
+        sentinel.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    fs::remove_file(&sentinel).unwrap();
+
+    let mut missing = command(&fx.rootfs);
+    missing.mounts = vec![bind(fx.outside("absent").to_str().unwrap(), "/absent")];
+    let reexec = build_unshare_reexec_command(exe, "__inner-run", &fx.prefix, &missing).unwrap();
+    let err = stderr_of(reexec);
+    let want = format!(
+        "missing bind mount source {}",
+        fx.outside("absent").display()
+    );
+    assert!(err.contains(&want), "{err}");
+    assert!(!fx.rootfs.join("absent").exists());
+
+    let mut emulated = command(&fx.rootfs);
+    emulated.emulator = Some("/.metalor-run/qemu-aarch64-static".into());
+    let reexec = build_unshare_reexec_command(exe, "__inner-run", &fx.prefix, &emulated).unwrap();
+    let err = stderr_of(reexec);
+    assert!(err.contains("not supported yet"), "{err}");
+}

@@ -37,12 +37,12 @@ fn runner_is_pid_one_and_the_payload_its_child() {
     let out = run_in(
         &fx.rootfs,
         &[],
-        &["sh", "-c", "echo $$ $PPID; ls /proc | grep -c '^[0-9]'"],
+        &["sh", "-c", "echo $$ $PPID; set -- /proc/[0-9]*; echo $*"],
     );
     // PID 1 is the inner runner (upstream's shape: `unshare --fork` then
     // the consumer's hidden verb); the payload is PID 2, and nothing of the
-    // host's process tree is visible (runner, sh, ls, grep).
-    assert_eq!(ok_stdout(&out), "2 1\n4\n");
+    // host's process tree is visible.
+    assert_eq!(ok_stdout(&out), "2 1\n/proc/1 /proc/2\n");
 }
 
 #[test]
@@ -216,6 +216,53 @@ fn mount_targets_through_symlinks_are_refused_with_nothing_created_outside() {
 }
 
 #[test]
+fn mount_targets_of_the_wrong_type_are_refused() {
+    let Some(fx) = Fixture::new() else { return };
+    let dir = fx.outside("dir");
+    fs::create_dir(&dir).unwrap();
+    let file = fx.outside("file");
+    fs::write(&file, b"").unwrap();
+    let busybox = fx.rootfs.join("bin/busybox");
+    let bin = fx.rootfs.join("bin");
+    let cases = [
+        (
+            format!("{}:/bin/busybox", dir.display()),
+            format!(
+                "container mount destination /bin/busybox already exists as a non-directory at {}",
+                busybox.display()
+            ),
+        ),
+        (
+            format!("{}:/bin", file.display()),
+            format!(
+                "container mount destination /bin already exists as a directory at {}",
+                bin.display()
+            ),
+        ),
+        (
+            format!("{}:/bin/busybox/x", dir.display()),
+            format!(
+                "container mount destination /bin/busybox/x traverses a non-directory path component at {}",
+                busybox.display()
+            ),
+        ),
+        (
+            format!("{}:/", file.display()),
+            "container mount destination must not be /".to_string(),
+        ),
+    ];
+    for (bind, want) in cases {
+        let out = run_in(&fx.rootfs, &["--bind", &bind], &["true"]);
+        assert_eq!(out.status.code(), Some(1), "{bind}");
+        assert!(stderr(&out).contains(&want), "{bind}: {}", stderr(&out));
+    }
+    assert!(
+        host_mounts_under(&fx.rootfs).is_empty(),
+        "mounts leaked to the host"
+    );
+}
+
+#[test]
 fn net_none_sees_only_loopback_and_it_is_up() {
     let Some(fx) = Fixture::new() else { return };
     let out = run_in(&fx.rootfs, &["--net", "none"], &["cat", "/proc/net/dev"]);
@@ -335,4 +382,13 @@ fn usage_and_runtime_errors() {
         stderr(&out)
     );
     assert!(stdout(&out).is_empty());
+    let missing = fx.outside("missing-rootfs");
+    let out = run_in(&missing, &[], &["true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is not a directory"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!missing.exists());
 }

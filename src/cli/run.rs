@@ -99,7 +99,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
 }
 
 /// The canonical parent of the rootfs is the prefix; the root is spelled
-/// under it, as the prefix rules require.
+/// under it, as the prefix rules require. The rootfs must exist.
 fn split_rootfs(rootfs: &Path) -> Result<(PathBuf, PathBuf)> {
     let absolute = std::path::absolute(rootfs)
         .with_context(|| format!("failed to resolve rootfs {}", rootfs.display()))?;
@@ -110,6 +110,11 @@ fn split_rootfs(rootfs: &Path) -> Result<(PathBuf, PathBuf)> {
         .canonicalize()
         .with_context(|| format!("failed to canonicalize {}", parent.display()))?;
     let root = prefix.join(name);
+    // The library would create a missing root; for the CLI a missing
+    // rootfs is a typo, not a request for an empty one.
+    if !root.is_dir() {
+        bail!("rootfs {} is not a directory", rootfs.display());
+    }
     Ok((prefix, root))
 }
 
