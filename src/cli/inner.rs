@@ -7,7 +7,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use metalor::runtime::linux::{run_with_options, ContainerExit, RunOptions};
+use metalor::runtime::linux::{
+    run_isolated_container_command_with_options, ContainerExit, RunOptions,
+};
 use metalor::{BindMount, ContainerRunCommand};
 
 /// The subcommand name `metalor run` re-executes.
@@ -30,7 +32,7 @@ pub fn run(args: &InnerArgs) -> Result<i32> {
     options.disable_network = disable_network;
     options.mount_host_network_config = !disable_network;
     options.restrict_privileges = std::env::var_os(ENV_KEEP_PRIVILEGES).is_none();
-    match run_with_options(&command, &options) {
+    match run_isolated_container_command_with_options(&command, &options) {
         Ok(()) => Ok(0),
         Err(err) => match err.downcast_ref::<ContainerExit>() {
             Some(exit) => Ok(exit.exit_code()),

@@ -88,11 +88,14 @@ impl ContainerExit {
 /// isolation proof, then the mounts, `chroot` and the payload. A payload
 /// that fails is a [`ContainerExit`] error.
 pub fn run_isolated_container_command(command: &ContainerRunCommand) -> Result<()> {
-    run_with_options(command, &RunOptions::default())
+    run_isolated_container_command_with_options(command, &RunOptions::default())
 }
 
 /// [`run_isolated_container_command`] with explicit [`RunOptions`].
-pub fn run_with_options(command: &ContainerRunCommand, options: &RunOptions) -> Result<()> {
+pub fn run_isolated_container_command_with_options(
+    command: &ContainerRunCommand,
+    options: &RunOptions,
+) -> Result<()> {
     validate_container_request(command)?;
     let root = ensure_isolated_runtime(&command.root)?;
     run_phase(command, &root, options)

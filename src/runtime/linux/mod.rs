@@ -18,7 +18,10 @@ mod validate;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 
-pub use inner::{run_isolated_container_command, run_with_options, ContainerExit, RunOptions};
+pub use inner::{
+    run_isolated_container_command, run_isolated_container_command_with_options, ContainerExit,
+    RunOptions,
+};
 pub use probe::probe_rootless_userns;
 pub use reexec::{
     build_unshare_reexec_command, build_unshare_reexec_command_with_backend,
