@@ -11,6 +11,9 @@ pub mod oci;
 pub mod parser;
 pub mod runtime;
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+mod sys;
+#[cfg(target_os = "linux")]
 pub mod unpack;
 
 pub use parser::{
@@ -21,4 +24,10 @@ pub use runtime::{
     backend_caps, build_cell_request_path, read_build_cell_request, write_build_cell_request,
     BackendCaps, BuildCellResult, BuildCellSpec, CacheSpec, CellPath, CleanupPolicy, CommandSpec,
     ExportSpec, HostPath, ImportSpec, NetworkPolicy, ResourceLimits, WorkspaceSeed,
+};
+#[cfg(target_os = "linux")]
+pub use runtime::{
+    build_unshare_reexec_command, build_unshare_reexec_command_with_backend, helper_binary_path,
+    probe_rootless_userns, run_isolated_container_command, BindMount, ContainerRunCommand,
+    LinuxNamespaceBackend, LinuxNamespaceProbe, RUN_HELPER_DIR,
 };

@@ -1,8 +1,10 @@
 //! Argument parsing and dispatch; one file per verb.
 #![forbid(unsafe_code)]
 
+mod inner;
 mod inspect;
 mod progress;
+mod run;
 mod unpack;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +23,11 @@ enum Verb {
     Unpack(unpack::UnpackArgs),
     /// Print the manifest, config and platform of an image as JSON.
     Inspect(inspect::InspectArgs),
+    /// Run a command inside a rootfs, in private namespaces.
+    Run(run::RunArgs),
+    /// Internal: the re-executed side of `metalor run`.
+    #[command(name = "__inner-run", hide = true)]
+    InnerRun(inner::InnerArgs),
 }
 
 /// Parses the command line, runs the verb and returns the process exit code:
@@ -35,11 +42,13 @@ pub fn main() -> i32 {
         }
     };
     let result = match &cli.verb {
-        Verb::Unpack(args) => unpack::run(args),
-        Verb::Inspect(args) => inspect::run(args),
+        Verb::Unpack(args) => unpack::run(args).map(|()| 0),
+        Verb::Inspect(args) => inspect::run(args).map(|()| 0),
+        Verb::Run(args) => run::run(args),
+        Verb::InnerRun(args) => inner::run(args),
     };
     match result {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(err) => {
             report(&err);
             1

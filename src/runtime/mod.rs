@@ -8,6 +8,8 @@ mod caps;
 mod portable;
 mod protocol;
 
+#[cfg(target_os = "linux")]
+pub mod linux;
 pub mod linux_provider;
 #[cfg(target_os = "macos")]
 pub mod macos;
@@ -19,6 +21,12 @@ mod windows_support;
 mod worker_support;
 
 pub use caps::{backend_caps, BackendCaps};
+#[cfg(target_os = "linux")]
+pub use linux::{
+    build_unshare_reexec_command, build_unshare_reexec_command_with_backend, helper_binary_path,
+    probe_rootless_userns, run_isolated_container_command, BindMount, ContainerRunCommand,
+    LinuxNamespaceBackend, LinuxNamespaceProbe, RUN_HELPER_DIR,
+};
 pub use portable::{
     BuildCellResult, BuildCellSpec, CacheSpec, CellPath, CleanupPolicy, CommandSpec, ExportSpec,
     HostPath, ImportSpec, NetworkPolicy, ResourceLimits, WorkspaceSeed,

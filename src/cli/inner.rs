@@ -1,0 +1,119 @@
+//! The hidden verb the re-exec runs inside the namespaces: parses
+//! upstream's trailing args back into a `ContainerRunCommand` and calls the
+//! inner runner. Not a user interface; `metalor run` is.
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use metalor::runtime::linux::{
+    run_isolated_container_command_with_options, ContainerExit, RunOptions,
+};
+use metalor::{BindMount, ContainerRunCommand};
+
+/// The subcommand name `metalor run` re-executes.
+pub const INNER_RUN_VERB: &str = "__inner-run";
+/// Set by `metalor run --privileged`: keep every capability.
+pub const ENV_KEEP_PRIVILEGES: &str = "METALOR_RUN_KEEP_PRIVILEGES";
+
+/// Arguments of the hidden verb: upstream's trailing args, unparsed by clap.
+#[derive(clap::Args, Debug)]
+pub struct InnerArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    args: Vec<OsString>,
+}
+
+/// Runs the payload; returns its exit code (128+N for signal N), or 1 with
+/// the error printed when the run itself failed.
+pub fn run(args: &InnerArgs) -> Result<i32> {
+    let (command, disable_network) = parse_trailing_args(&args.args)?;
+    let mut options = RunOptions::default();
+    options.disable_network = disable_network;
+    options.mount_host_network_config = !disable_network;
+    options.restrict_privileges = std::env::var_os(ENV_KEEP_PRIVILEGES).is_none();
+    match run_isolated_container_command_with_options(&command, &options) {
+        Ok(()) => Ok(0),
+        Err(err) => match err.downcast_ref::<ContainerExit>() {
+            Some(exit) => Ok(exit.exit_code()),
+            None => Err(err),
+        },
+    }
+}
+
+fn utf8(value: OsString, flag: &str) -> Result<String> {
+    value
+        .into_string()
+        .map_err(|v| anyhow::anyhow!("{flag} value is not UTF-8: {}", v.to_string_lossy()))
+}
+
+/// `[--net] --root R --cwd C (--mount-source S --mount-dest D --mount-mode
+/// ro|rw)* (--env K=V)* [--emulator E] --executable X [ARG]...`
+fn parse_trailing_args(args: &[OsString]) -> Result<(ContainerRunCommand, bool)> {
+    let mut iter = args.iter().cloned();
+    let mut disable_network = false;
+    let mut root = None;
+    let mut cwd = None;
+    let mut mounts = Vec::new();
+    let mut env = Vec::new();
+    let mut emulator = None;
+    let mut pending_source: Option<PathBuf> = None;
+    let mut pending_dest: Option<String> = None;
+    let executable = loop {
+        let Some(flag) = iter.next() else {
+            bail!("missing --executable");
+        };
+        let flag = utf8(flag, "flag")?;
+        if flag == "--net" {
+            disable_network = true;
+            continue;
+        }
+        let value = iter
+            .next()
+            .with_context(|| format!("missing value after {flag}"))?;
+        match flag.as_str() {
+            "--root" => root = Some(PathBuf::from(value)),
+            "--cwd" => cwd = Some(utf8(value, "--cwd")?),
+            "--mount-source" => pending_source = Some(PathBuf::from(value)),
+            "--mount-dest" => pending_dest = Some(utf8(value, "--mount-dest")?),
+            "--mount-mode" => {
+                let read_only = match utf8(value, "--mount-mode")?.as_str() {
+                    "ro" => true,
+                    "rw" => false,
+                    other => bail!("invalid --mount-mode {other}"),
+                };
+                let (Some(source), Some(destination)) =
+                    (pending_source.take(), pending_dest.take())
+                else {
+                    bail!("--mount-mode without --mount-source and --mount-dest");
+                };
+                mounts.push(BindMount {
+                    source,
+                    destination,
+                    read_only,
+                });
+            }
+            "--env" => {
+                let pair = utf8(value, "--env")?;
+                let (key, value) = pair.split_once('=').context("--env value without '='")?;
+                env.push((key.to_string(), value.to_string()));
+            }
+            "--emulator" => emulator = Some(utf8(value, "--emulator")?),
+            "--executable" => break utf8(value, "--executable")?,
+            other => bail!("unexpected argument {other}"),
+        }
+    };
+    let argv = iter
+        .map(|a| utf8(a, "argument"))
+        .collect::<Result<Vec<_>>>()?;
+    let command = ContainerRunCommand {
+        root: root.context("missing --root")?,
+        cwd: cwd.context("missing --cwd")?,
+        mounts,
+        env,
+        emulator,
+        executable,
+        argv,
+    };
+    Ok((command, disable_network))
+}

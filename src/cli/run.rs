@@ -1,0 +1,143 @@
+//! `metalor run [--bind SRC:DST[:ro]]... [--env K=V]... [--cwd DIR]
+//! [--net none] [--rootless] [--privileged] --rootfs DIR -- CMD [ARG]...`
+//!
+//! Goes through the library's own re-exec: the rootfs's parent directory is
+//! the runtime root prefix, and the hidden `__inner-run` verb runs the
+//! command inside the namespaces.
+#![forbid(unsafe_code)]
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use metalor::runtime::linux::{build_unshare_reexec_command_with_options, ReexecOptions};
+use metalor::{BindMount, ContainerRunCommand, LinuxNamespaceBackend};
+
+use super::inner::{ENV_KEEP_PRIVILEGES, INNER_RUN_VERB};
+
+/// Arguments of `metalor run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Bind a host path into the rootfs, read-only with `:ro`.
+    #[arg(long = "bind", value_name = "SRC:DST[:ro]")]
+    binds: Vec<String>,
+    /// Set a variable in the command's environment, which starts empty.
+    #[arg(long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Working directory inside the rootfs.
+    #[arg(long, default_value = "/")]
+    cwd: String,
+    /// `none`: a private network namespace with only `lo`.
+    #[arg(long, value_name = "none")]
+    net: Option<String>,
+    /// Use a user namespace mapping root to the caller (no privilege needed).
+    #[arg(long)]
+    rootless: bool,
+    /// Keep every capability and allow privilege gains (no no_new_privs).
+    #[arg(long)]
+    privileged: bool,
+    /// The rootfs directory to run in.
+    #[arg(long)]
+    rootfs: PathBuf,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+/// Runs the command and returns its exit code (128+N for signal N).
+pub fn run(args: &RunArgs) -> Result<i32> {
+    let disable_network = match args.net.as_deref() {
+        None => false,
+        Some("none") => true,
+        Some(other) => bail!("unsupported --net mode {other}: only none is supported"),
+    };
+    let (prefix, root) = split_rootfs(&args.rootfs)?;
+    let command = ContainerRunCommand {
+        root,
+        cwd: args.cwd.clone(),
+        mounts: args
+            .binds
+            .iter()
+            .map(|b| parse_bind(b))
+            .collect::<Result<_>>()?,
+        env: args
+            .env
+            .iter()
+            .map(|e| parse_env(e))
+            .collect::<Result<_>>()?,
+        emulator: None,
+        executable: args.command[0].clone(),
+        argv: args.command[1..].to_vec(),
+    };
+    let backend = if args.rootless {
+        LinuxNamespaceBackend::RootlessUser
+    } else {
+        LinuxNamespaceBackend::Privileged
+    };
+    let current_exe = std::env::current_exe().context("failed to locate the metalor binary")?;
+    let options = ReexecOptions {
+        backend,
+        disable_network,
+    };
+    let mut reexec = build_unshare_reexec_command_with_options(
+        &current_exe,
+        INNER_RUN_VERB,
+        &prefix,
+        &command,
+        options,
+    )?;
+    if args.privileged {
+        reexec.env(ENV_KEEP_PRIVILEGES, "1");
+    }
+    let status = reexec
+        .status()
+        .with_context(|| format!("failed to start {}", current_exe.display()))?;
+    Ok(status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1))
+}
+
+/// The canonical parent of the rootfs is the prefix; the root is spelled
+/// under it, as the prefix rules require. The rootfs must exist.
+fn split_rootfs(rootfs: &Path) -> Result<(PathBuf, PathBuf)> {
+    let absolute = std::path::absolute(rootfs)
+        .with_context(|| format!("failed to resolve rootfs {}", rootfs.display()))?;
+    let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name()) else {
+        bail!("rootfs {} must have a parent directory", rootfs.display());
+    };
+    let prefix = parent
+        .canonicalize()
+        .with_context(|| format!("failed to canonicalize {}", parent.display()))?;
+    let root = prefix.join(name);
+    // The library would create a missing root; for the CLI a missing
+    // rootfs is a typo, not a request for an empty one.
+    if !root.is_dir() {
+        bail!("rootfs {} is not a directory", rootfs.display());
+    }
+    Ok((prefix, root))
+}
+
+/// `SRC:DST` or `SRC:DST:ro` / `SRC:DST:rw`.
+fn parse_bind(spec: &str) -> Result<BindMount> {
+    let (rest, read_only) = if let Some(rest) = spec.strip_suffix(":ro") {
+        (rest, true)
+    } else {
+        (spec.strip_suffix(":rw").unwrap_or(spec), false)
+    };
+    let Some((source, destination)) = rest.split_once(':') else {
+        bail!("invalid --bind {spec}: expected SRC:DST[:ro]");
+    };
+    Ok(BindMount {
+        source: PathBuf::from(source),
+        destination: destination.to_string(),
+        read_only,
+    })
+}
+
+fn parse_env(pair: &str) -> Result<(String, String)> {
+    let Some((key, value)) = pair.split_once('=') else {
+        bail!("invalid --env {pair}: expected K=V");
+    };
+    Ok((key.to_string(), value.to_string()))
+}

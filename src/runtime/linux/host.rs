@@ -1,0 +1,219 @@
+//! Host preparation (upstream §3.3): the runtime root prefix, the
+//! symlink-refusing directory walk, and the root sentinel `.metalor-root`.
+//!
+//! The walk goes through directory fds (`openat` with `O_NOFOLLOW`, then
+//! `mkdirat`), so a component is checked and used through the same fd and
+//! cannot be swapped for a symlink in between.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rustix::fs::{FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use super::validate::validate_host_absolute;
+
+/// The file in a container root that records which prefix it was prepared
+/// under; the inner runner refuses a root whose sentinel disagrees.
+pub(crate) const ROOT_SENTINEL: &str = ".metalor-root";
+
+/// What a name in a directory turned out to be, opened without following
+/// a final symlink.
+pub(crate) enum Entry {
+    Missing,
+    Symlink,
+    Directory(OwnedFd),
+    Other(OwnedFd),
+}
+
+/// Opens `name` in `dir` as an `O_PATH` fd, never following a symlink.
+pub(crate) fn open_entry(dir: &OwnedFd, name: &OsStr) -> std::io::Result<Entry> {
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(Entry::Missing),
+        Err(err) => return Err(err.into()),
+    };
+    let kind = FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode);
+    Ok(match kind {
+        FileType::Symlink => Entry::Symlink,
+        FileType::Directory => Entry::Directory(fd),
+        _ => Entry::Other(fd),
+    })
+}
+
+/// Opens an absolute path as an `O_PATH` directory fd; the last component
+/// must not be a symlink. Earlier components are followed.
+pub(crate) fn open_dir_nofollow(path: &Path) -> std::io::Result<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(rustix::fs::open(path, flags, Mode::empty())?)
+}
+
+/// Creates directory `name` in `dir` unless it appeared meanwhile.
+pub(crate) fn make_dir_at(dir: &OwnedFd, name: &OsStr) -> std::io::Result<()> {
+    match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o777)) {
+        Ok(()) | Err(Errno::EXIST) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Upstream's `prepare_host_directory`: walk `path` from `/`, creating
+/// missing directories one level at a time, refusing any symlink or
+/// non-directory component. Returns an fd of the final directory.
+pub(crate) fn prepare_host_directory(path: &Path, ctx: &str) -> Result<OwnedFd> {
+    let mut dir = open_dir_nofollow(Path::new("/")).context("failed to open /")?;
+    let mut partial = PathBuf::from("/");
+    for component in path.components() {
+        let name = match component {
+            Component::Normal(name) => name,
+            Component::RootDir | Component::CurDir => continue,
+            Component::ParentDir | Component::Prefix(_) => {
+                bail!("{ctx} must not contain '..': {}", path.display())
+            }
+        };
+        partial.push(name);
+        let mut entry = open_entry(&dir, name)
+            .with_context(|| format!("failed to inspect {}", partial.display()))?;
+        if let Entry::Missing = entry {
+            make_dir_at(&dir, name)
+                .with_context(|| format!("failed to create {}", partial.display()))?;
+            entry = open_entry(&dir, name)
+                .with_context(|| format!("failed to inspect {}", partial.display()))?;
+        }
+        dir = match entry {
+            Entry::Directory(fd) => fd,
+            Entry::Symlink => bail!("{ctx} {} traverses a symlink", partial.display()),
+            Entry::Other(_) | Entry::Missing => bail!(
+                "{ctx} {} traverses a non-directory path component at {}",
+                path.display(),
+                partial.display()
+            ),
+        };
+    }
+    Ok(dir)
+}
+
+/// Upstream's `canonicalize_runtime_root_prefix`.
+pub(crate) fn canonicalize_runtime_root_prefix(prefix: &Path) -> Result<PathBuf> {
+    if prefix == Path::new("/") {
+        bail!("runtime root prefix must not be /");
+    }
+    validate_host_absolute(prefix, "runtime root prefix")?;
+    fs::canonicalize(prefix).with_context(|| {
+        format!(
+            "failed to canonicalize runtime root prefix {}",
+            prefix.display()
+        )
+    })
+}
+
+fn ensure_under_prefix(root: &Path, prefix: &Path, ctx: &str) -> Result<()> {
+    if !root.starts_with(prefix) {
+        bail!(
+            "{ctx} {} must live under runtime root prefix {}",
+            root.display(),
+            prefix.display()
+        );
+    }
+    Ok(())
+}
+
+/// Upstream's `prepare_runtime_workspace`: `root` must be spelled under the
+/// canonical prefix, is created with the symlink-refusing walk, and must
+/// still be under the prefix once canonical. Returns the canonical path.
+pub(crate) fn prepare_runtime_workspace(root: &Path, prefix: &Path, ctx: &str) -> Result<PathBuf> {
+    if root == Path::new("/") {
+        bail!("container root must not be /");
+    }
+    validate_host_absolute(root, ctx)?;
+    ensure_under_prefix(root, prefix, ctx)?;
+    prepare_host_directory(root, ctx)?;
+    let canonical = fs::canonicalize(root)
+        .with_context(|| format!("failed to canonicalize {ctx} {}", root.display()))?;
+    ensure_under_prefix(&canonical, prefix, ctx)?;
+    Ok(canonical)
+}
+
+/// Upstream's `prepare_runtime_root`: prepare the container root and write
+/// the sentinel holding the canonical prefix. Returns the canonical root.
+pub(crate) fn prepare_runtime_root(root: &Path, prefix: &Path) -> Result<PathBuf> {
+    let canonical = prepare_runtime_workspace(root, prefix, "container root")?;
+    let dir = match open_dir_nofollow(&canonical) {
+        Ok(dir) => dir,
+        Err(err) if err.raw_os_error() == Some(libc::ELOOP) => {
+            bail!("container root {} traverses a symlink", canonical.display())
+        }
+        Err(err) => {
+            return Err(err).with_context(|| format!("failed to open {}", canonical.display()))
+        }
+    };
+    write_sentinel(&dir, &canonical.join(ROOT_SENTINEL), prefix)?;
+    Ok(canonical)
+}
+
+/// Creates or overwrites the sentinel through the root's fd, never through
+/// a symlink.
+fn write_sentinel(root: &OwnedFd, path: &Path, prefix: &Path) -> Result<()> {
+    let name = OsStr::new(ROOT_SENTINEL);
+    match open_entry(root, name).with_context(|| format!("failed to inspect {}", path.display()))? {
+        Entry::Symlink => bail!(
+            "runtime root sentinel {} must not be a symlink",
+            path.display()
+        ),
+        Entry::Directory(_) => bail!("runtime root sentinel {} must be a file", path.display()),
+        Entry::Other(fd) => {
+            let kind = FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode);
+            if kind != FileType::RegularFile {
+                bail!("runtime root sentinel {} must be a file", path.display());
+            }
+        }
+        Entry::Missing => {}
+    }
+    let flags =
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(root, name, flags, Mode::from_raw_mode(0o644))
+        .with_context(|| format!("failed to write runtime root sentinel {}", path.display()))?;
+    fs::File::from(fd)
+        .write_all(prefix.as_os_str().as_bytes())
+        .with_context(|| format!("failed to write runtime root sentinel {}", path.display()))?;
+    Ok(())
+}
+
+/// Reads the sentinel for the inner check without following a symlink.
+pub(crate) fn verify_sentinel(root: &Path, prefix: &Path) -> Result<()> {
+    let path = root.join(ROOT_SENTINEL);
+    let dir = open_dir_nofollow(root)
+        .with_context(|| format!("failed to open container root {}", root.display()))?;
+    match open_entry(&dir, OsStr::new(ROOT_SENTINEL))
+        .with_context(|| format!("failed to inspect {}", path.display()))?
+    {
+        Entry::Missing => bail!("missing runtime root sentinel {}", path.display()),
+        Entry::Symlink => bail!(
+            "runtime root sentinel {} must not be a symlink",
+            path.display()
+        ),
+        Entry::Directory(_) => bail!("runtime root sentinel {} must be a file", path.display()),
+        Entry::Other(_) => {}
+    }
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(&dir, OsStr::new(ROOT_SENTINEL), flags, Mode::empty())
+        .with_context(|| format!("failed to read runtime root sentinel {}", path.display()))?;
+    if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
+        bail!("runtime root sentinel {} must be a file", path.display());
+    }
+    let mut content = Vec::new();
+    std::io::Read::read_to_end(&mut fs::File::from(fd), &mut content)
+        .with_context(|| format!("failed to read runtime root sentinel {}", path.display()))?;
+    if content != prefix.as_os_str().as_bytes() {
+        bail!(
+            "runtime root sentinel {} did not match the declared runtime root prefix",
+            path.display()
+        );
+    }
+    Ok(())
+}

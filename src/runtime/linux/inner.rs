@@ -1,0 +1,325 @@
+//! The inner runner (upstream §3.6): runs in the re-executed process, which
+//! is PID 1 of fresh namespaces. It proves the isolation, mounts, `chroot`s
+//! and spawns the payload.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+use anyhow::{bail, Context, Result};
+use rustix::process::{setrlimit, Resource, Rlimit};
+
+use super::host::{canonicalize_runtime_root_prefix, verify_sentinel};
+use super::mounts::{bind_onto, mount_proc_onto, prepare_container_mount_target, TargetKind};
+use super::reexec::{ENV_PARENT_MOUNT_NS, ENV_PRIVATE_NS, ENV_RUNTIME_ROOT_PREFIX};
+use super::validate::{mount_covers, validate_container_request};
+use super::ContainerRunCommand;
+use crate::runtime::ResourceLimits;
+use crate::sys;
+
+/// Host files bound into every container unless a user mount covers them.
+const AUTO_DEVICES: [&str; 4] = ["/dev/null", "/dev/zero", "/dev/random", "/dev/urandom"];
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// How the run phase behaves beyond upstream's fixed defaults. Build cells
+/// and `metalor run` set these; [`run_isolated_container_command`] uses
+/// [`RunOptions::default`], which is upstream's behaviour.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// Bind the host's `/etc/resolv.conf` (upstream's
+    /// `mount_host_network_config`; build cells without network skip it).
+    pub mount_host_network_config: bool,
+    /// rlimits applied to the runner and inherited by the payload.
+    pub limits: ResourceLimits,
+    /// The re-exec entered a new network namespace: bring `lo` up.
+    pub disable_network: bool,
+    /// Drop every capability outside Docker's default set from the
+    /// payload's bounding set, and set no_new_privs. Upstream does neither.
+    pub restrict_privileges: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            mount_host_network_config: true,
+            limits: ResourceLimits::default(),
+            disable_network: false,
+            restrict_privileges: false,
+        }
+    }
+}
+
+/// The payload ran but did not succeed. Its `Display` is upstream's
+/// top-level message; callers that need the code downcast to it.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerExit {
+    /// The payload exited with a non-zero code.
+    #[error("container command {executable} exited with status {status}")]
+    Exited {
+        /// The executable as requested.
+        executable: String,
+        /// Its wait status.
+        status: ExitStatus,
+    },
+    /// The payload was killed by a signal.
+    #[error("container command {executable} terminated by signal {signal}")]
+    Signaled {
+        /// The executable as requested.
+        executable: String,
+        /// The signal number.
+        signal: i32,
+    },
+}
+
+impl ContainerExit {
+    /// The shell convention: the exit code, or 128 + the signal number.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ContainerExit::Exited { status, .. } => status.code().unwrap_or(1),
+            ContainerExit::Signaled { signal, .. } => 128 + signal,
+        }
+    }
+}
+
+/// Runs `command` inside its root, in the private namespaces the re-exec
+/// created; upstream's inner entry point. Validation comes first, then the
+/// isolation proof, then the mounts, `chroot` and the payload. A payload
+/// that fails is a [`ContainerExit`] error.
+pub fn run_isolated_container_command(command: &ContainerRunCommand) -> Result<()> {
+    run_isolated_container_command_with_options(command, &RunOptions::default())
+}
+
+/// [`run_isolated_container_command`] with explicit [`RunOptions`].
+pub fn run_isolated_container_command_with_options(
+    command: &ContainerRunCommand,
+    options: &RunOptions,
+) -> Result<()> {
+    validate_container_request(command)?;
+    let root = ensure_isolated_runtime(&command.root)?;
+    run_phase(command, &root, options)
+}
+
+/// Upstream's `ensure_isolated_runtime`: refuse to mount anything unless
+/// this process is in a private mount namespace and the root carries the
+/// sentinel of the declared prefix. Returns the canonical root.
+pub(crate) fn ensure_isolated_runtime(root: &Path) -> Result<PathBuf> {
+    if std::env::var_os(ENV_PRIVATE_NS).is_none() {
+        bail!("refusing to run container command without {ENV_PRIVATE_NS}=1");
+    }
+    let own = fs::read_link("/proc/self/ns/mnt")
+        .context("failed to read /proc/self/ns/mnt for container isolation check")?;
+    let reference = match std::env::var_os(ENV_PARENT_MOUNT_NS) {
+        Some(parent) => PathBuf::from(parent),
+        None => fs::read_link("/proc/1/ns/mnt")
+            .context("failed to read /proc/1/ns/mnt for container isolation check")?,
+    };
+    if own == reference {
+        bail!("refusing to run container command in the host mount namespace");
+    }
+    let prefix = std::env::var_os(ENV_RUNTIME_ROOT_PREFIX)
+        .with_context(|| format!("missing required env {ENV_RUNTIME_ROOT_PREFIX}"))?;
+    let prefix = canonicalize_runtime_root_prefix(Path::new(&prefix))?;
+    if root == Path::new("/") {
+        bail!("container root must not be /");
+    }
+    let root = fs::canonicalize(root)
+        .with_context(|| format!("failed to canonicalize container root {}", root.display()))?;
+    if !root.starts_with(&prefix) {
+        bail!(
+            "refusing to run container command outside runtime root prefix: {} is not under {}",
+            root.display(),
+            prefix.display()
+        );
+    }
+    verify_sentinel(&root, &prefix)?;
+    Ok(root)
+}
+
+/// Upstream's `run_container_command_inner_with_options`, after the proof.
+pub(crate) fn run_phase(
+    command: &ContainerRunCommand,
+    root: &Path,
+    options: &RunOptions,
+) -> Result<()> {
+    if let Some(emulator) = &command.emulator {
+        bail!("container emulator {emulator} is not supported yet: foreign-architecture runs need the emulator layer");
+    }
+    fs::create_dir_all(root).with_context(|| format!("failed to create {}", root.display()))?;
+    mount_user_binds(command, root)?;
+    let proc_target = prepare_container_mount_target(
+        root,
+        "/proc",
+        TargetKind::Directory,
+        "container auto-mount target",
+    )?;
+    mount_proc_onto(&proc_target)
+        .with_context(|| format!("failed to mount proc at {}", root.join("proc").display()))?;
+    mount_auto_binds(command, root, options)?;
+    if options.disable_network {
+        sys::loopback_up().context("failed to bring up the loopback interface")?;
+    }
+    enter_root(root, &command.cwd)?;
+    apply_limits(&options.limits)?;
+    if options.restrict_privileges {
+        restrict_privileges()?;
+    }
+    sys::cloexec_above_stderr().context("failed to mark inherited descriptors close-on-exec")?;
+    spawn_payload(command)
+}
+
+fn mount_user_binds(command: &ContainerRunCommand, root: &Path) -> Result<()> {
+    for mount in &command.mounts {
+        let metadata = fs::metadata(&mount.source)
+            .with_context(|| format!("missing bind mount source {}", mount.source.display()))?;
+        let kind = if metadata.is_dir() {
+            TargetKind::Directory
+        } else {
+            TargetKind::File
+        };
+        let target = prepare_container_mount_target(
+            root,
+            &mount.destination,
+            kind,
+            "container mount destination",
+        )?;
+        bind_onto(&mount.source, &target, mount.read_only).with_context(|| {
+            format!(
+                "failed to bind mount {} onto {}",
+                mount.source.display(),
+                mount.destination
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn mount_auto_binds(
+    command: &ContainerRunCommand,
+    root: &Path,
+    options: &RunOptions,
+) -> Result<()> {
+    let covered = |target: &str| {
+        command
+            .mounts
+            .iter()
+            .any(|m| mount_covers(&m.destination, target))
+    };
+    let mut targets = Vec::with_capacity(5);
+    if options.mount_host_network_config && !covered(RESOLV_CONF) {
+        targets.push(RESOLV_CONF);
+    }
+    targets.extend(AUTO_DEVICES.iter().copied().filter(|d| !covered(d)));
+    for target in targets {
+        let source = Path::new(target);
+        if !source.exists() {
+            continue;
+        }
+        let fd = prepare_container_mount_target(
+            root,
+            target,
+            TargetKind::File,
+            "container auto-mount target",
+        )?;
+        bind_onto(source, &fd, false)
+            .with_context(|| format!("failed to bind mount {target} into the container"))?;
+    }
+    Ok(())
+}
+
+/// `chroot`, then `chdir("/")` so no directory outside the root stays
+/// reachable, then the requested cwd.
+fn enter_root(root: &Path, cwd: &str) -> Result<()> {
+    rustix::process::chroot(root)
+        .with_context(|| format!("failed to chroot into {}", root.display()))?;
+    rustix::process::chdir("/").context("failed to chdir to /")?;
+    rustix::process::chdir(cwd).with_context(|| format!("failed to chdir to {cwd}"))?;
+    Ok(())
+}
+
+fn apply_limits(limits: &ResourceLimits) -> Result<()> {
+    let pairs = [
+        (limits.cpu_time_seconds, Resource::Cpu, "RLIMIT_CPU"),
+        (limits.memory_bytes, Resource::As, "RLIMIT_AS"),
+        (limits.max_processes, Resource::Nproc, "RLIMIT_NPROC"),
+    ];
+    for (value, resource, name) in pairs {
+        if let Some(value) = value {
+            let limit = Rlimit {
+                current: Some(value),
+                maximum: Some(value),
+            };
+            setrlimit(resource, limit).with_context(|| format!("set {name} for build cell"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Docker's default capability set; everything else leaves the bounding set.
+fn docker_default_caps() -> HashSet<caps::Capability> {
+    use caps::Capability::*;
+    [
+        CAP_CHOWN,
+        CAP_DAC_OVERRIDE,
+        CAP_FSETID,
+        CAP_FOWNER,
+        CAP_MKNOD,
+        CAP_NET_RAW,
+        CAP_SETGID,
+        CAP_SETUID,
+        CAP_SETFCAP,
+        CAP_SETPCAP,
+        CAP_NET_BIND_SERVICE,
+        CAP_SYS_CHROOT,
+        CAP_KILL,
+        CAP_AUDIT_WRITE,
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// Narrows what the payload can gain at exec to Docker's default set, and
+/// forbids gaining more through setuid binaries or file capabilities.
+fn restrict_privileges() -> Result<()> {
+    use caps::CapSet;
+    let keep = docker_default_caps();
+    let bounding = caps::read(None, CapSet::Bounding).context("failed to read the bounding set")?;
+    for cap in bounding.difference(&keep) {
+        caps::drop(None, CapSet::Bounding, *cap)
+            .with_context(|| format!("failed to drop {cap} from the bounding set"))?;
+    }
+    let inheritable =
+        caps::read(None, CapSet::Inheritable).context("failed to read the inheritable set")?;
+    let inheritable: HashSet<_> = inheritable.intersection(&keep).copied().collect();
+    caps::set(None, CapSet::Inheritable, &inheritable)
+        .context("failed to narrow the inheritable set")?;
+    caps::clear(None, CapSet::Ambient).context("failed to clear the ambient set")?;
+    rustix::thread::set_no_new_privs(true).context("failed to set no_new_privs")?;
+    Ok(())
+}
+
+fn spawn_payload(command: &ContainerRunCommand) -> Result<()> {
+    let executable = &command.executable;
+    let status = Command::new(executable)
+        .args(&command.argv)
+        .env_clear()
+        .envs(command.env.iter().map(|(k, v)| (k, v)))
+        .status()
+        .with_context(|| format!("failed to spawn container command {executable}"))?;
+    if status.success() {
+        return Ok(());
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let exit = match status.signal() {
+        Some(signal) => ContainerExit::Signaled {
+            executable: executable.clone(),
+            signal,
+        },
+        None => ContainerExit::Exited {
+            executable: executable.clone(),
+            status,
+        },
+    };
+    Err(exit.into())
+}

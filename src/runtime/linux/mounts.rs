@@ -1,0 +1,141 @@
+//! Mount targets and mounts for the inner runner (upstream §3.3's
+//! `prepare_container_mount_target`, §3.6 steps 2 to 6).
+//!
+//! A target is prepared by walking the root through directory fds and
+//! refusing every symlink, and the mount goes onto the fd that walk ended
+//! with (`move_mount` with `MOVE_MOUNT_T_EMPTY_PATH`), so no path string is
+//! resolved again between the check and the mount.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rustix::fs::{Mode, OFlags, CWD};
+use rustix::io::Errno;
+use rustix::mount::{
+    fsconfig_create, fsmount, fsopen, move_mount, open_tree, FsMountFlags, FsOpenFlags,
+    MountAttrFlags, MoveMountFlags, OpenTreeFlags,
+};
+
+use super::host::{make_dir_at, open_dir_nofollow, open_entry, Entry};
+use crate::sys;
+
+/// Whether a mount target should be a directory or a file.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub(crate) enum TargetKind {
+    Directory,
+    File,
+}
+
+/// Upstream's `prepare_container_mount_target`: creates the missing parts
+/// of `dest` under `root` (directories, and an empty file or directory at
+/// the end), refusing symlinks and wrong types. Returns an `O_PATH` fd of
+/// the target.
+pub(crate) fn prepare_container_mount_target(
+    root: &Path,
+    dest: &str,
+    kind: TargetKind,
+    ctx: &str,
+) -> Result<OwnedFd> {
+    let names: Vec<&OsStr> = Path::new(dest)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name),
+            _ => None,
+        })
+        .collect();
+    if names.is_empty() && kind == TargetKind::File {
+        bail!("{ctx} must not be /");
+    }
+    let mut current = match open_dir_nofollow(root) {
+        Ok(fd) => fd,
+        Err(err) if err.raw_os_error() == Some(libc::ELOOP) => {
+            bail!("{ctx} {dest} traverses a symlink at {}", root.display())
+        }
+        Err(err) => return Err(err).with_context(|| format!("failed to open {}", root.display())),
+    };
+    let mut partial = PathBuf::from(root);
+    for (index, name) in names.iter().enumerate() {
+        let last = index + 1 == names.len();
+        partial.push(name);
+        let inspect = || format!("failed to inspect {}", partial.display());
+        let mut entry = open_entry(&current, name).with_context(inspect)?;
+        if let Entry::Missing = entry {
+            if last && kind == TargetKind::File {
+                create_empty_file(&current, name)
+                    .with_context(|| format!("failed to create {}", partial.display()))?;
+            } else {
+                make_dir_at(&current, name)
+                    .with_context(|| format!("failed to create {}", partial.display()))?;
+            }
+            entry = open_entry(&current, name).with_context(inspect)?;
+        }
+        current = match (entry, last, kind) {
+            (Entry::Symlink, _, _) => {
+                bail!("{ctx} {dest} traverses a symlink at {}", partial.display())
+            }
+            (Entry::Directory(fd), false, _)
+            | (Entry::Directory(fd), true, TargetKind::Directory) => fd,
+            (Entry::Directory(_), true, TargetKind::File) => bail!(
+                "{ctx} {dest} already exists as a directory at {}",
+                partial.display()
+            ),
+            (Entry::Other(_), true, TargetKind::Directory) => bail!(
+                "{ctx} {dest} already exists as a non-directory at {}",
+                partial.display()
+            ),
+            (Entry::Other(fd), true, TargetKind::File) => fd,
+            (Entry::Other(_), false, _) | (Entry::Missing, _, _) => bail!(
+                "{ctx} {dest} traverses a non-directory path component at {}",
+                partial.display()
+            ),
+        };
+    }
+    Ok(current)
+}
+
+fn create_empty_file(dir: &OwnedFd, name: &OsStr) -> std::io::Result<()> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o644)) {
+        Ok(_) | Err(Errno::EXIST) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Bind-mounts `source` (symlinks followed, not recursive) onto `target`,
+/// read-only if asked. The clone is made read-only while still detached,
+/// so the target is never writable, and locked flags are kept.
+pub(crate) fn bind_onto(source: &Path, target: &OwnedFd, read_only: bool) -> std::io::Result<()> {
+    let tree = open_tree(
+        CWD,
+        source,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )?;
+    if read_only {
+        sys::mount_set_readonly(tree.as_fd())?;
+    }
+    attach(&tree, target)
+}
+
+/// Mounts a fresh procfs of the caller's PID namespace onto `target`.
+pub(crate) fn mount_proc_onto(target: &OwnedFd) -> std::io::Result<()> {
+    let context = fsopen("proc", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    fsconfig_create(&context)?;
+    let mount = fsmount(
+        &context,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::empty(),
+    )?;
+    attach(&mount, target)
+}
+
+fn attach(mount: &OwnedFd, target: &OwnedFd) -> std::io::Result<()> {
+    Ok(move_mount(
+        mount,
+        "",
+        target,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )?)
+}

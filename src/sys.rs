@@ -1,0 +1,382 @@
+//! The raw syscalls that neither `std` nor `rustix` wrap safely: the
+//! re-exec's `pre_exec` hook (unshare, id maps, propagation, fork and wait),
+//! the in-process user-namespace probe, `close_range`, `mount_setattr` and
+//! the loopback ioctl.
+//!
+//! This is the only module of the crate that may contain `unsafe` code.
+//! Everything that runs between `fork` and `exec` lives here, so the
+//! async-signal-safety rules are checked in one place: no allocation, no
+//! locks, no panics, and a forked child only ever `_exit`s on error.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus};
+
+/// Room for `"0 4294967295 1"` with some slack.
+const MAP_CAPACITY: usize = 32;
+
+/// A uid or gid map line, formatted before the fork so the hook never
+/// allocates.
+#[derive(Clone, Copy, Debug)]
+struct MapLine {
+    bytes: [u8; MAP_CAPACITY],
+    len: usize,
+}
+
+impl MapLine {
+    /// `0 <id> 1`: root inside the namespace is `id` outside.
+    fn root_to(id: u32) -> Self {
+        let mut bytes = [0u8; MAP_CAPACITY];
+        let text = format!("0 {id} 1");
+        bytes[..text.len()].copy_from_slice(text.as_bytes());
+        Self {
+            bytes,
+            len: text.len(),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// What the child must do between `fork` and `exec` to enter its
+/// namespaces. Built before the fork; plain data, so the hook only reads it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NamespacePlan {
+    flags: libc::c_int,
+    maps: Option<(MapLine, MapLine)>,
+}
+
+impl NamespacePlan {
+    /// Mount, PID, UTS and IPC namespaces; plus a user namespace that maps
+    /// root to the caller's effective ids when `rootless`; plus a network
+    /// namespace when `disable_network`.
+    pub(crate) fn new(rootless: bool, disable_network: bool) -> Self {
+        let mut flags =
+            libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+        if disable_network {
+            flags |= libc::CLONE_NEWNET;
+        }
+        let maps = rootless.then(|| {
+            flags |= libc::CLONE_NEWUSER;
+            let uid = rustix::process::geteuid().as_raw();
+            let gid = rustix::process::getegid().as_raw();
+            (MapLine::root_to(uid), MapLine::root_to(gid))
+        });
+        Self { flags, maps }
+    }
+}
+
+fn last_error() -> io::Error {
+    // `last_os_error` reads errno into a plain integer: no allocation.
+    io::Error::last_os_error()
+}
+
+/// Writes `data` to a procfs file with open/write/close only.
+/// Async-signal-safe.
+fn write_proc_file(path: &CStr, data: &[u8]) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated; open has no memory-safety preconditions.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(last_error());
+    }
+    // SAFETY: `data` is a valid slice for `data.len()` bytes and `fd` is open.
+    let written = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    let result = if written == data.len() as isize {
+        Ok(())
+    } else if written < 0 {
+        Err(last_error())
+    } else {
+        Err(io::Error::from_raw_os_error(libc::EIO))
+    };
+    // SAFETY: `fd` was opened above and is closed exactly once.
+    unsafe { libc::close(fd) };
+    result
+}
+
+/// unshare(2) the planned namespaces, write the id maps, and make every
+/// mount below `/` private, so nothing mounted later propagates to the
+/// host. Async-signal-safe.
+fn enter_namespaces(plan: &NamespacePlan) -> io::Result<()> {
+    // SAFETY: unshare only changes this process's namespace membership.
+    if unsafe { libc::unshare(plan.flags) } != 0 {
+        return Err(last_error());
+    }
+    if let Some((uid_map, gid_map)) = &plan.maps {
+        // The kernel refuses a gid map from an unprivileged writer until
+        // setgroups is denied; util-linux's --map-root-user does the same.
+        write_proc_file(c"/proc/self/setgroups", b"deny")?;
+        write_proc_file(c"/proc/self/uid_map", uid_map.as_bytes())?;
+        write_proc_file(c"/proc/self/gid_map", gid_map.as_bytes())?;
+    }
+    // SAFETY: all pointers are NULL or NUL-terminated static strings.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(last_error());
+    }
+    Ok(())
+}
+
+/// Waits for `pid`, retrying on EINTR. Returns the raw wait status.
+/// Async-signal-safe.
+fn wait_for(pid: libc::pid_t) -> io::Result<libc::c_int> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer for the duration of the call.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            return Ok(status);
+        }
+        let err = last_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
+/// The intermediate process after the fork: wait for the child (PID 1 of
+/// the new PID namespace), then leave the same way it did. Never returns.
+fn wait_and_mirror(child: libc::pid_t) -> ! {
+    // The std spawn machinery keeps an error-report pipe open until every
+    // holder execs or exits. This process does neither until the container
+    // ends, so drop every inherited descriptor above stdio, or `spawn()`
+    // would block for the container's whole lifetime.
+    // SAFETY: close_range only closes descriptors of this process, which
+    // owns no Rust objects any more (it never returns to Rust code).
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    let status = match wait_for(child) {
+        Ok(status) => status,
+        // SAFETY: _exit ends the process without running Rust code.
+        Err(_) => unsafe { libc::_exit(127) },
+    };
+    if libc::WIFEXITED(status) {
+        // SAFETY: as above.
+        unsafe { libc::_exit(libc::WEXITSTATUS(status)) };
+    }
+    if libc::WIFSIGNALED(status) {
+        let signal = libc::WTERMSIG(status);
+        // SAFETY: signal, sigprocmask and kill on this process with a
+        // stack-allocated set are async-signal-safe and touch no Rust state.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, signal);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::kill(libc::getpid(), signal);
+            libc::_exit(128 + signal);
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::_exit(127) }
+}
+
+/// The body of the re-exec's `pre_exec` hook: enter the namespaces, then
+/// fork so the exec'd program is PID 1 of the new PID namespace, while this
+/// process waits and mirrors its exit. Async-signal-safe; runs between
+/// `fork` and `exec` in the child of `Command::spawn`.
+fn namespace_hook(plan: &NamespacePlan) -> io::Result<()> {
+    enter_namespaces(plan)?;
+    // A pidfd of this process, inherited by the child, tells it whether
+    // its parent died before PR_SET_PDEATHSIG took effect: getppid() is 0
+    // for PID 1 of a new namespace and a pid cannot be probed across it.
+    // SAFETY: pidfd_open on our own pid only creates a descriptor.
+    let parent = unsafe {
+        libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0 as libc::c_uint) as libc::c_int
+    };
+    // SAFETY: the process is single-threaded here (the child of a fork),
+    // and both sides only make async-signal-safe calls before exec/_exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(last_error());
+    }
+    if pid > 0 {
+        wait_and_mirror(pid);
+    }
+    // The container must not outlive the process its caller holds: when the
+    // caller kills that process, the kernel kills this one, and with it
+    // the whole PID namespace.
+    // SAFETY: prctl and poll on a stack pollfd only affect this process;
+    // `parent` is closed exactly once.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        if parent >= 0 {
+            let mut poll = libc::pollfd {
+                fd: parent,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if libc::poll(&mut poll, 1, 0) > 0 {
+                libc::_exit(1);
+            }
+            libc::close(parent);
+        }
+    }
+    Ok(())
+}
+
+/// Installs the namespace-entering `pre_exec` hook on `command`.
+pub(crate) fn install_namespace_hook(command: &mut Command, plan: NamespacePlan) {
+    // SAFETY: the closure only reads `plan` (plain data moved in) and makes
+    // async-signal-safe syscalls; it neither allocates nor takes locks, and
+    // the forked intermediate process `_exit`s instead of returning.
+    unsafe {
+        command.pre_exec(move || namespace_hook(&plan));
+    }
+}
+
+/// The outcome of [`probe_namespaces`]: the child's exit status, or why it
+/// could not run, plus a description of the step that failed.
+pub(crate) struct ProbeOutcome {
+    pub(crate) status: Option<ExitStatus>,
+    pub(crate) stderr: String,
+}
+
+/// Forks a child that enters the planned namespaces and exits 0; reports
+/// how it went. The child sends `[step, errno]` through a pipe on failure.
+pub(crate) fn probe_namespaces(plan: NamespacePlan) -> ProbeOutcome {
+    let (reader, writer) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
+        Ok(pair) => pair,
+        Err(err) => {
+            return ProbeOutcome {
+                status: None,
+                stderr: format!("failed to create the probe pipe: {err}"),
+            }
+        }
+    };
+    let write_fd = writer.as_raw_fd();
+    // SAFETY: the child only makes async-signal-safe calls and `_exit`s;
+    // it never returns into Rust code of this (possibly multithreaded)
+    // process.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return ProbeOutcome {
+            status: None,
+            stderr: format!("failed to fork the probe: {}", last_error()),
+        };
+    }
+    if pid == 0 {
+        let code = match enter_namespaces(&plan) {
+            Ok(()) => 0,
+            Err(err) => {
+                let report = [1i32, err.raw_os_error().unwrap_or(0)];
+                // SAFETY: `report` is a live stack array; write_fd is open.
+                unsafe {
+                    libc::write(
+                        write_fd,
+                        report.as_ptr().cast(),
+                        std::mem::size_of_val(&report),
+                    )
+                };
+                1
+            }
+        };
+        // SAFETY: _exit ends the child without running Rust code.
+        unsafe { libc::_exit(code) };
+    }
+    drop(writer);
+    let mut buf = [0u8; 8];
+    let got = rustix::io::read(&reader, &mut buf).unwrap_or(0);
+    let status = wait_for(pid).ok().map(ExitStatus::from_raw);
+    let stderr = if got == buf.len() {
+        let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        format!(
+            "entering the namespaces failed: {}",
+            io::Error::from_raw_os_error(errno)
+        )
+    } else {
+        String::new()
+    };
+    ProbeOutcome { status, stderr }
+}
+
+/// Marks every descriptor above stderr close-on-exec, so the payload
+/// inherits only stdio whatever the caller leaked to us.
+pub(crate) fn cloexec_above_stderr() -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC closes nothing; it only
+    // sets a flag on descriptors of this process.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if rc != 0 {
+        return Err(last_error());
+    }
+    Ok(())
+}
+
+/// `struct mount_attr` from `<linux/mount.h>`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Makes the (detached or attached) mount behind `fd` read-only. Unlike a
+/// `MS_REMOUNT|MS_BIND|MS_RDONLY`, this keeps the locked flags a user
+/// namespace inherits, so it works for the rootless backend too.
+pub(crate) fn mount_set_readonly(fd: BorrowedFd<'_>) -> io::Result<()> {
+    const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `attr` is a live, correctly laid out struct whose size is
+    // passed along; the path is an empty NUL-terminated string.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(last_error());
+    }
+    Ok(())
+}
+
+/// Brings the loopback interface of the current network namespace up, as
+/// `ip link set lo up` would.
+pub(crate) fn loopback_up() -> io::Result<()> {
+    // SAFETY: socket has no memory-safety preconditions.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(last_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(b"lo") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: `request` is a live ifreq naming "lo"; the ioctl fills its
+    // flags union member.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) } != 0 {
+        return Err(last_error());
+    }
+    // SAFETY: SIOCGIFFLAGS just initialised the flags member of the union.
+    unsafe { request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+    // SAFETY: as for SIOCGIFFLAGS; the kernel only reads the request.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) } != 0 {
+        return Err(last_error());
+    }
+    Ok(())
+}
