@@ -369,13 +369,27 @@ pub(crate) fn loopback_up() -> io::Result<()> {
     }
     // SAFETY: `request` is a live ifreq naming "lo"; the ioctl fills its
     // flags union member.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) } != 0 {
+    if unsafe {
+        libc::ioctl(
+            socket.as_raw_fd(),
+            libc::SIOCGIFFLAGS as libc::Ioctl,
+            &mut request,
+        )
+    } != 0
+    {
         return Err(last_error());
     }
     // SAFETY: SIOCGIFFLAGS just initialised the flags member of the union.
     unsafe { request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
     // SAFETY: as for SIOCGIFFLAGS; the kernel only reads the request.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) } != 0 {
+    if unsafe {
+        libc::ioctl(
+            socket.as_raw_fd(),
+            libc::SIOCSIFFLAGS as libc::Ioctl,
+            &request,
+        )
+    } != 0
+    {
         return Err(last_error());
     }
     Ok(())
