@@ -3,6 +3,7 @@
 
 mod inspect;
 mod progress;
+mod pull;
 mod unpack;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,8 @@ struct Cli {
 enum Verb {
     /// Unpack an image from an OCI layout into a new rootfs directory.
     Unpack(unpack::UnpackArgs),
+    /// Pull an image from a registry or another layout into an OCI layout.
+    Pull(pull::PullArgs),
     /// Print the manifest, config and platform of an image as JSON.
     Inspect(inspect::InspectArgs),
 }
@@ -37,6 +40,7 @@ pub fn main() -> i32 {
     let result = match &cli.verb {
         Verb::Unpack(args) => unpack::run(args),
         Verb::Inspect(args) => inspect::run(args),
+        Verb::Pull(args) => pull::run(args),
     };
     match result {
         Ok(()) => 0,
