@@ -219,6 +219,10 @@ impl Session {
                     self.backoff(&what, &mut retry, detail).await?;
                 }
                 Err(AttemptError::Layout(e)) => return Err(layout_err(e)),
+                // Every byte arrived but the connection did not end cleanly
+                // (a Content-Length larger than the blob): the digest
+                // check in commit decides, not another request.
+                Err(AttemptError::Client(_)) if writer.written() == size => break,
                 Err(AttemptError::Client(e)) => match self.judge(&what, e) {
                     Verdict::Retry(detail) => self.backoff(&what, &mut retry, detail).await?,
                     Verdict::Reauth(detail) => self.reauth(&what, &mut reauthed, detail).await?,
