@@ -76,7 +76,7 @@ pub enum RegistryError {
     },
 
     /// Reading, verifying or writing layout content failed.
-    #[error("pull {reference}: {source}")]
+    #[error("{}{source}", pull_prefix(reference))]
     Layout {
         /// The image reference being pulled.
         reference: String,
@@ -117,6 +117,15 @@ impl From<OciError> for RegistryError {
                 source,
             },
         }
+    }
+}
+
+/// `pull REF: ` when the reference is known, nothing otherwise.
+fn pull_prefix(reference: &str) -> String {
+    if reference.is_empty() {
+        String::new()
+    } else {
+        format!("pull {reference}: ")
     }
 }
 
