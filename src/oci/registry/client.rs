@@ -44,9 +44,17 @@ pub(crate) fn build(endpoint: &Endpoint) -> Result<oci_client::Client, RegistryE
     } else {
         ClientProtocol::Https
     };
+    build_with_roots(endpoint, protocol, roots(!endpoint.plain_http).to_vec())
+}
+
+fn build_with_roots(
+    endpoint: &Endpoint,
+    protocol: ClientProtocol,
+    roots: Vec<Certificate>,
+) -> Result<oci_client::Client, RegistryError> {
     let config = ClientConfig {
         protocol,
-        tls_certs_only: roots(!endpoint.plain_http).to_vec(),
+        tls_certs_only: roots,
         platform_resolver: None,
         connect_timeout: Some(std::time::Duration::from_secs(30)),
         read_timeout: Some(std::time::Duration::from_secs(60)),
@@ -74,19 +82,58 @@ fn roots(with_system: bool) -> &'static [Certificate] {
     }
     WITH_SYSTEM.get_or_init(|| {
         let mut all = bundled();
-        let mut probe = rustls::RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            if probe.add(cert.clone()).is_ok() {
-                all.push(der(cert.as_ref()));
-            }
-        }
+        all.extend(system_roots());
         all
     })
+}
+
+/// The host's CA certificates that rustls accepts; empty when the host has
+/// no CA store (`SSL_CERT_FILE`/`SSL_CERT_DIR` are honoured).
+fn system_roots() -> Vec<Certificate> {
+    let mut probe = rustls::RootCertStore::empty();
+    let mut usable = Vec::new();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        if probe.add(cert.clone()).is_ok() {
+            usable.push(der(cert.as_ref()));
+        }
+    }
+    usable
 }
 
 fn der(bytes: &[u8]) -> Certificate {
     Certificate {
         encoding: CertificateEncoding::Der,
         data: bytes.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_without_a_ca_store() {
+        let empty = tempfile::tempdir().unwrap();
+        // Only this test reads these variables in this process.
+        std::env::set_var("SSL_CERT_FILE", empty.path().join("none.pem"));
+        std::env::set_var("SSL_CERT_DIR", empty.path());
+        let system = system_roots();
+        std::env::remove_var("SSL_CERT_FILE");
+        std::env::remove_var("SSL_CERT_DIR");
+        assert!(system.is_empty(), "{} system roots", system.len());
+        let endpoint = Endpoint {
+            host: "registry.example".into(),
+            plain_http: false,
+        };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let bundled = roots(false).to_vec();
+        assert!(bundled.len() > 100);
+        build_with_roots(&endpoint, ClientProtocol::Https, bundled).unwrap();
+        build(&endpoint).unwrap();
+        let local = Endpoint {
+            host: "127.0.0.1:5000".into(),
+            plain_http: true,
+        };
+        build(&local).unwrap();
     }
 }
