@@ -252,6 +252,73 @@ fn pull_by_digest_and_not_found_messages() {
     assert!(stray_files(&ours).is_empty());
 }
 
+/// Docker v2 schema 2 manifests and manifest lists are stored exactly as
+/// served (skopeo would convert them to OCI and change the digest), so the
+/// layout pins what the registry signed off. umoci and metalor read such
+/// layouts; skopeo's `oci:` transport only lists OCI-typed entries.
+#[test]
+fn docker_schema2_manifests_and_lists_are_kept_raw() {
+    let test = "docker_schema2_manifests_and_lists_are_kept_raw";
+    let Some(registry) = Registry::start(test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixtures_dir().join("demo");
+    registry.push_with(&src, "latest", "d2", &["--format", "v2s2"]);
+    let raw = registry.raw_manifest("d2");
+    assert!(String::from_utf8_lossy(&raw).contains("vnd.docker.distribution.manifest.v2+json"));
+    let ours = tmp.path().join("d2");
+    ok(metalor_pull(
+        tmp.path(),
+        &[&registry.url("d2"), &oci(&ours, "img")],
+        &[],
+    ));
+    assert_eq!(
+        ref_digest(&ours, "img"),
+        support::fixtures::sha256_digest(&raw)
+    );
+    assert_blobs_verified(&ours);
+    let rootfs = tmp.path().join("d2-rootfs");
+    let expected = tmp.path().join("d2-expected");
+    metalor_unpack(&ours, "img", &rootfs);
+    metalor_unpack(&src, "latest", &expected);
+    assert_same_tree("docker v2s2", ("pulled", &rootfs), ("fixture", &expected));
+    if require_tool("umoci", "umoci", test) {
+        run(Command::new("umoci").args(["ls", "--layout"]).arg(&ours));
+    }
+
+    let (layout, _, _) = multiarch_layout(tmp.path());
+    registry.push_with(&layout, "latest", "list", &["--all", "--format", "v2s2"]);
+    let list: serde_json::Value = serde_json::from_slice(&registry.raw_manifest("list")).unwrap();
+    assert_eq!(
+        list["mediaType"],
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    let arm = list["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["platform"]["architecture"] == "arm64")
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ours = tmp.path().join("list");
+    ok(metalor_pull(
+        tmp.path(),
+        &[
+            "--platform",
+            "linux/arm64/v8",
+            &registry.url("list"),
+            &oci(&ours, "img"),
+        ],
+        &[],
+    ));
+    assert_eq!(ref_digest(&ours, "img"), arm);
+    assert_blobs_verified(&ours);
+    metalor_unpack(&ours, "img", &tmp.path().join("list-rootfs"));
+}
+
 #[test]
 fn layout_to_layout_copy() {
     let test = "layout_to_layout_copy";

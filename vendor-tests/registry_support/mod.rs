@@ -127,16 +127,29 @@ impl Registry {
     /// Pushes `oci:LAYOUT:TAG` to `REPO` with skopeo (`--all` keeps an
     /// index whole).
     pub fn push(&self, layout: &Path, tag: &str, repo: &str, all: bool) {
+        self.push_with(layout, tag, repo, if all { &["--all"] } else { &[] });
+    }
+
+    /// [`Registry::push`] with extra skopeo flags (`--format v2s2`).
+    pub fn push_with(&self, layout: &Path, tag: &str, repo: &str, extra: &[&str]) {
         let mut cmd = Command::new("skopeo");
         cmd.args(["copy", "-q", "--dest-tls-verify=false"]);
-        if all {
-            cmd.arg("--all");
-        }
+        cmd.args(extra);
         if let Some((u, p)) = &self.creds {
             cmd.arg(format!("--dest-creds={u}:{p}"));
         }
         cmd.arg(support::oci_arg(layout, tag)).arg(self.url(repo));
         support::run(&mut cmd);
+    }
+
+    /// The manifest (or index) exactly as the registry serves it.
+    pub fn raw_manifest(&self, repo: &str) -> Vec<u8> {
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["inspect", "--raw", "--tls-verify=false"]);
+        if let Some((u, p)) = &self.creds {
+            cmd.arg(format!("--creds={u}:{p}"));
+        }
+        support::run(cmd.arg(self.url(repo))).stdout
     }
 
     /// `skopeo copy docker://ADDR/REPO oci:DEST:TAG`, the oracle.
