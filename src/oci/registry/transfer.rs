@@ -61,6 +61,9 @@ pub(crate) const MANIFEST_TYPES: [&str; 4] = [
     media::DOCKER_MANIFEST,
 ];
 
+/// Chunks in flight between the network and the blob writer thread.
+const CHANNEL_CHUNKS: usize = 4;
+
 /// What to do about a failed request.
 enum Verdict {
     /// Try again after a backoff.
@@ -199,7 +202,8 @@ impl Session {
             return Ok(0);
         }
         let what = format!("blob {digest}");
-        let mut writer = layout.begin_blob(digest, size).map_err(layout_err)?;
+        let mut writer = Some(layout.begin_blob(digest, size).map_err(layout_err)?);
+        let written = |w: &Option<BlobWriter>| w.as_ref().map_or(0, BlobWriter::written);
         let descriptor = OciDescriptor {
             digest: digest.to_string(),
             size: size as i64,
@@ -213,16 +217,16 @@ impl Session {
                 .blob_attempt(&descriptor, &mut writer, &mut transferred, progress)
                 .await
             {
-                Ok(()) if writer.written() == size => break,
+                Ok(()) if written(&writer) == size => break,
                 Ok(()) => {
-                    let detail = format!("body ended early: {} of {size} bytes", writer.written());
+                    let detail = format!("body ended early: {} of {size} bytes", written(&writer));
                     self.backoff(&what, &mut retry, detail).await?;
                 }
                 Err(AttemptError::Layout(e)) => return Err(layout_err(e)),
                 // Every byte arrived but the connection did not end cleanly
                 // (a Content-Length larger than the blob): the digest
                 // check in commit decides, not another request.
-                Err(AttemptError::Client(_)) if writer.written() == size => break,
+                Err(AttemptError::Client(_)) if written(&writer) == size => break,
                 Err(AttemptError::Client(e)) => match self.judge(&what, e) {
                     Verdict::Retry(detail) => self.backoff(&what, &mut retry, detail).await?,
                     Verdict::Reauth(detail) => self.reauth(&what, &mut reauthed, detail).await?,
@@ -230,19 +234,24 @@ impl Session {
                 },
             }
         }
+        let writer = writer.expect("blob writer returned by every attempt");
         writer.commit().map_err(layout_err)?;
         Ok(transferred)
     }
 
-    /// One request for the rest of a blob.
+    /// One request for the rest of a blob. The network side stays on the
+    /// runtime thread; hashing and writing run on a blocking-pool thread
+    /// fed through a bounded channel, so the two overlap on two cores
+    /// while memory stays bounded. The writer goes back into `writer`
+    /// after the attempt, whatever its outcome, so a retry resumes it.
     async fn blob_attempt(
         &self,
         descriptor: &OciDescriptor,
-        writer: &mut BlobWriter,
+        writer: &mut Option<BlobWriter>,
         transferred: &mut u64,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), AttemptError> {
-        let offset = writer.written();
+        let offset = writer.as_ref().map_or(0, BlobWriter::written);
         let response = self
             .client
             .pull_blob_stream_partial(&self.client_ref, descriptor, offset, None)
@@ -250,19 +259,60 @@ impl Session {
         let mut stream = match response {
             BlobResponse::Full(stream) => {
                 if offset > 0 {
-                    writer.restart()?;
+                    if let Some(w) = writer.as_mut() {
+                        w.restart()?;
+                    }
                 }
                 stream
             }
             BlobResponse::Partial(stream) => stream,
         };
+        let mut owned = writer.take().ok_or_else(|| {
+            AttemptError::Layout(OciError::Io {
+                op: "resume blob",
+                path: descriptor.digest.clone().into(),
+                source: std::io::Error::other("blob writer lost"),
+            })
+        })?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(CHANNEL_CHUNKS);
+        let sink = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = rx.blocking_recv() {
+                if let Err(e) = owned.write(&chunk) {
+                    return (owned, Err(e));
+                }
+            }
+            (owned, Ok(()))
+        });
+        let mut network = Ok(());
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            writer.write(&chunk)?;
-            *transferred += chunk.len() as u64;
-            progress(chunk.len() as u64);
+            match chunk {
+                Ok(chunk) => {
+                    let n = chunk.len() as u64;
+                    // A closed channel means the writer failed; its error
+                    // is reported below.
+                    if tx.send(chunk).await.is_err() {
+                        break;
+                    }
+                    *transferred += n;
+                    progress(n);
+                }
+                Err(e) => {
+                    network = Err(AttemptError::from(e));
+                    break;
+                }
+            }
         }
-        Ok(())
+        drop(tx);
+        let (owned, wrote) = sink.await.map_err(|e| {
+            AttemptError::Layout(OciError::Io {
+                op: "write blob",
+                path: descriptor.digest.clone().into(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })?;
+        *writer = Some(owned);
+        wrote?;
+        network
     }
 
     /// Sorts an `oci-client` error into retry, re-auth or give up.
