@@ -3,7 +3,8 @@
 //! mid-blob resumes with `Range`; corrupted bytes fail and leave no blob;
 //! a Content-Length that lies either way is survived; bursts of 500s are
 //! retried and an endless one gives up; a 401 in the middle of a pull (an
-//! expired token or session) is answered with one fresh authentication.
+//! expired token or session) is answered with one fresh authentication,
+//! both with basic auth and with a bearer-token flow the proxy plays.
 //! Whatever happens, no unverified blob, temp file or broken `index.json`
 //! is left behind.
 
@@ -285,5 +286,90 @@ fn unauthorized_mid_pull_reauthenticates_once() {
     let dest = s.tmp.path().join("denied");
     let err = pull_via(&proxy, &dest, &options(creds)).unwrap_err();
     assert!(err.contains("access denied"), "{err}");
+    assert_clean_failure(&dest, &s.layer);
+}
+
+/// A bearer-token registry, played by the proxy in front of an open one:
+/// `/v2/` requests need `Bearer tok-N`, `/token` hands out the current
+/// token for basic credentials, and the token is revoked under the pull
+/// (as an expiring token would be) on its first layer request.
+#[test]
+fn bearer_token_flow_survives_an_expired_token() {
+    use base64::Engine as _;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    use std::sync::{Arc, OnceLock};
+
+    let Some(s) = setup("bearer_token_flow_survives_an_expired_token", false) else {
+        return;
+    };
+    let addr = Arc::new(OnceLock::<String>::new());
+    let generation = Arc::new(AtomicU64::new(1));
+    let expired = AtomicBool::new(false);
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("u:p")
+    );
+    let (realm_addr, tokens, layer) = (addr.clone(), generation.clone(), s.layer.clone());
+    let proxy = FaultProxy::start(&s.registry.addr, move |seen, _| {
+        let current = tokens.load(SeqCst);
+        let challenge = || {
+            let realm = realm_addr.get().expect("proxy address");
+            Fault::Respond(
+                401,
+                vec![format!(
+                    "WWW-Authenticate: Bearer realm=\"http://{realm}/token\",service=\"metalor-test\",scope=\"repository:big:pull\""
+                )],
+                br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#
+                    .to_vec(),
+            )
+        };
+        if seen.line.starts_with("GET /token") {
+            if seen.authorization.as_deref() != Some(basic.as_str()) {
+                return Fault::Respond(401, vec![], b"{}".to_vec());
+            }
+            let body = format!(r#"{{"token":"tok-{current}","expires_in":300}}"#);
+            let json = vec!["Content-Type: application/json".to_owned()];
+            return Fault::Respond(200, json, body.into_bytes());
+        }
+        let valid = seen.authorization.as_deref() == Some(format!("Bearer tok-{current}").as_str());
+        if valid && is_layer(seen, &layer) && !expired.swap(true, SeqCst) {
+            tokens.fetch_add(1, SeqCst);
+            return challenge();
+        }
+        if valid {
+            Fault::None
+        } else {
+            challenge()
+        }
+    });
+    addr.set(proxy.addr.clone()).unwrap();
+
+    let creds = Credentials::Basic {
+        username: "u".into(),
+        password: "p".into(),
+    };
+    let dest = s.tmp.path().join("dest");
+    pull_via(&proxy, &dest, &options(creds)).unwrap();
+    assert_complete(&s, &dest);
+    let token_requests = proxy
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.line.starts_with("GET /token"))
+        .count();
+    assert!(
+        token_requests >= 2,
+        "expected a token refresh, saw {token_requests} token requests"
+    );
+    assert_eq!(generation.load(SeqCst), 2);
+
+    // Without credentials the token server refuses, and the pull says so.
+    let dest = s.tmp.path().join("anonymous");
+    let err = pull_via(&proxy, &dest, &options(Credentials::Anonymous)).unwrap_err();
+    assert!(
+        err.contains("access denied") && err.contains("big:latest"),
+        "{err}"
+    );
     assert_clean_failure(&dest, &s.layer);
 }

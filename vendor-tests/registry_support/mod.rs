@@ -330,6 +330,9 @@ pub enum Fault {
     ContentLength(usize),
     /// Answer with this status and no body.
     Status(u16),
+    /// Answer with this status, extra header lines and body (a fake
+    /// token server or auth gate).
+    Respond(u16, Vec<String>, Vec<u8>),
 }
 
 /// One request the proxy saw.
@@ -339,6 +342,8 @@ pub struct Seen {
     pub line: String,
     /// The `Range` header, if any.
     pub range: Option<String>,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
 }
 
 type Decide = dyn Fn(&Seen, usize) -> Fault + Send + Sync;
@@ -437,9 +442,14 @@ fn serve(
         .iter()
         .find(|h| h.to_ascii_lowercase().starts_with("range:"))
         .map(|h| h[6..].trim().to_owned());
+    let authorization = headers
+        .iter()
+        .find(|h| h.to_ascii_lowercase().starts_with("authorization:"))
+        .map(|h| h[14..].trim().to_owned());
     let request = Seen {
         line: line.clone(),
         range,
+        authorization,
     };
     let fault = {
         let mut seen = seen.lock().unwrap();
@@ -452,6 +462,20 @@ fn serve(
             client,
             "HTTP/1.1 {code} Injected\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )?;
+        return Ok(());
+    }
+    if let Fault::Respond(code, extra, body) = &fault {
+        let mut head = format!(
+            "HTTP/1.1 {code} Injected\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
+        for line in extra {
+            head.push_str(line);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        client.write_all(head.as_bytes())?;
+        client.write_all(body)?;
         return Ok(());
     }
     headers.push("Connection: close".into());
