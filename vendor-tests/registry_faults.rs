@@ -1,6 +1,7 @@
 //! Fault injection between `metalor::oci::registry::pull` and a real
 //! registry, through a loopback proxy written here: a connection dropped
-//! mid-blob resumes with `Range`; corrupted bytes fail and leave no blob;
+//! mid-blob resumes with `Range`; corrupted bytes, or more bytes than the
+//! descriptor promises, fail and leave no blob;
 //! a Content-Length that lies either way is survived; bursts of 500s are
 //! retried and an endless one gives up; a 401 in the middle of a pull (an
 //! expired token or session) is answered with one fresh authentication,
@@ -164,6 +165,21 @@ fn corrupted_bytes_fail_and_leave_no_blob() {
     let err = pull_via(&proxy, &dest, &options(Credentials::Anonymous)).unwrap_err();
     assert!(
         err.contains("digest mismatch") && err.contains(&s.layer),
+        "{err}"
+    );
+    assert_clean_failure(&dest, &s.layer);
+    // A blob longer than its descriptor is cut off and refused too.
+    let layer = s.layer.clone();
+    let longer = FaultProxy::start(&s.registry.addr, move |seen, _| {
+        if is_layer(seen, &layer) {
+            Fault::Append(4096)
+        } else {
+            Fault::None
+        }
+    });
+    let err = pull_via(&longer, &dest, &options(Credentials::Anonymous)).unwrap_err();
+    assert!(
+        err.contains("size mismatch") && err.contains(&s.layer),
         "{err}"
     );
     assert_clean_failure(&dest, &s.layer);

@@ -328,6 +328,8 @@ pub enum Fault {
     Corrupt,
     /// Announce this Content-Length (and send at most that much body).
     ContentLength(usize),
+    /// Append this many bytes to the body (and to Content-Length).
+    Append(usize),
     /// Answer with this status and no body.
     Status(u16),
     /// Answer with this status, extra header lines and body (a fake
@@ -502,6 +504,11 @@ fn serve(
         Fault::Corrupt if !body.is_empty() => {
             let i = body.len() / 2;
             body[i] ^= 0xff;
+        }
+        Fault::Append(n) => {
+            body.extend(std::iter::repeat_n(b'x', n));
+            out_head.retain(|h| !h.to_ascii_lowercase().starts_with("content-length:"));
+            out_head.push(format!("Content-Length: {}", body.len()));
         }
         Fault::ContentLength(n) => {
             out_head.retain(|h| !h.to_ascii_lowercase().starts_with("content-length:"));
