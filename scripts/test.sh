@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The oracles and fixtures the tests use; never used by metalor itself.
-APT_PACKAGES=(umoci skopeo libarchive-tools zstd tar gzip busybox-static)
+APT_PACKAGES=(umoci skopeo libarchive-tools zstd tar gzip busybox-static docker-registry apache2-utils)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -4,6 +4,7 @@
 mod inner;
 mod inspect;
 mod progress;
+mod pull;
 mod run;
 mod unpack;
 
@@ -21,6 +22,8 @@ struct Cli {
 enum Verb {
     /// Unpack an image from an OCI layout into a new rootfs directory.
     Unpack(unpack::UnpackArgs),
+    /// Pull an image from a registry or another layout into an OCI layout.
+    Pull(pull::PullArgs),
     /// Print the manifest, config and platform of an image as JSON.
     Inspect(inspect::InspectArgs),
     /// Run a command inside a rootfs, in private namespaces.
@@ -44,6 +47,7 @@ pub fn main() -> i32 {
     let result = match &cli.verb {
         Verb::Unpack(args) => unpack::run(args).map(|()| 0),
         Verb::Inspect(args) => inspect::run(args).map(|()| 0),
+        Verb::Pull(args) => pull::run(args).map(|()| 0),
         Verb::Run(args) => run::run(args),
         Verb::InnerRun(args) => inner::run(args),
     };

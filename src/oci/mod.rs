@@ -13,13 +13,16 @@
 pub mod digest;
 pub mod error;
 pub mod layout;
+pub mod layout_write;
 pub mod media;
 pub mod platform;
 pub mod reference;
+pub mod registry;
 
 pub use digest::{Digest, DigestHasher, DigestVerifier};
 pub use error::OciError;
 pub use layout::{ImageLayout, LayerDescriptor, ResolvedImage};
+pub use layout_write::{LayoutWriter, RefTarget};
 pub use media::{Compression, DocumentKind};
 pub use platform::{normalize_arch_name, oci_arch_name, Platform};
 pub use reference::LayoutRef;

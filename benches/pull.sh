@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Pull benchmark: metalor pull versus skopeo copy, from a loopback
+# docker-registry into a layout on the filesystem of $OUT (default /tmp).
+#
+#   benches/pull.sh [IMAGE_LAYOUT:REF] [RUNS]
+#
+# IMAGE_LAYOUT:REF defaults to the generated Debian image
+# (/tmp/metalor-bench/images/debian:gzip, see shared/tools/make-images.sh).
+# Starts its own registry on a free port with temp storage, pushes the image
+# with skopeo, then runs each puller RUNS times (default 3) into a fresh
+# layout, printing wall, user and system seconds and peak RSS (KiB) from /usr/bin/time.
+# Needs: docker-registry, skopeo, /usr/bin/time, a release build of metalor.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SRC=${1:-/tmp/metalor-bench/images/debian:gzip}
+RUNS=${2:-3}
+OUT=${OUT:-/tmp}
+METALOR=${METALOR:-${CARGO_TARGET_DIR:-target}/release/metalor}
+[ -x "$METALOR" ] || cargo build --release --bin metalor
+WORK=$(mktemp -d "$OUT/metalor-pull-bench.XXXXXX")
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+ADDR=127.0.0.1:$PORT
+mkdir -p "$WORK/storage"
+cat > "$WORK/config.yml" <<YML
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $WORK/storage
+  redirect:
+    disable: true
+http:
+  addr: $ADDR
+YML
+docker-registry serve "$WORK/config.yml" > "$WORK/registry.log" 2>&1 &
+REG=$!
+trap 'kill $REG 2>/dev/null; wait $REG 2>/dev/null; rm -rf "$WORK"' EXIT
+for _ in $(seq 1 500); do
+  curl -s -o /dev/null "http://$ADDR/v2/" && break
+  sleep 0.02
+done
+skopeo copy -q --dest-tls-verify=false "oci:$SRC" "docker://$ADDR/bench:latest"
+echo "tool    run  wall_s user_s sys_s peak_rss_kib"
+for run in $(seq 1 "$RUNS"); do
+  rm -rf "$WORK/m" "$WORK/s"
+  sync
+  t=$( { /usr/bin/time -f '%e %U %S %M' "$METALOR" pull --quiet "docker://$ADDR/bench:latest" "oci:$WORK/m:img" >/dev/null; } 2>&1 | tail -1)
+  echo "metalor $run    $t"
+  sync
+  t=$( { /usr/bin/time -f '%e %U %S %M' skopeo copy -q --src-tls-verify=false "docker://$ADDR/bench:latest" "oci:$WORK/s:img" >/dev/null; } 2>&1 | tail -1)
+  echo "skopeo  $run    $t"
+done

@@ -1,0 +1,81 @@
+//! `metalor pull [--platform linux/ARCH] [--insecure] [--quiet] SOURCE oci:DIR[:REF]`
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use metalor::oci::registry::{self, PullEvent, PullOptions};
+use metalor::oci::Platform;
+
+/// Arguments of `metalor pull`.
+#[derive(clap::Args, Debug)]
+pub struct PullArgs {
+    /// Platform to pick from an index, as linux/ARCH[/VARIANT]; the host's
+    /// by default.
+    #[arg(long)]
+    platform: Option<String>,
+    /// Use plain HTTP for this registry even when it is not on loopback.
+    #[arg(long)]
+    insecure: bool,
+    /// No progress and no summary.
+    #[arg(long, short)]
+    quiet: bool,
+    /// docker://HOST[:PORT]/REPO[:TAG|@DIGEST], a bare reference, or
+    /// oci:DIR[:REF].
+    source: String,
+    /// The destination layout, oci:DIR[:REF]; REF defaults to the source
+    /// tag, else `latest`.
+    destination: String,
+}
+
+/// Pulls the image and prints a one-line summary unless `--quiet`.
+pub fn run(args: &PullArgs) -> anyhow::Result<()> {
+    let platform = match &args.platform {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::host(),
+    };
+    let mut options = PullOptions {
+        platform,
+        insecure: args.insecure,
+        ..PullOptions::default()
+    };
+    if !args.quiet && std::io::stderr().is_terminal() {
+        options.progress = Some(progress_printer());
+    }
+    let report = registry::pull_str(&args.source, &args.destination, &options)
+        .with_context(|| format!("pull {} into {}", args.source, args.destination))?;
+    if !args.quiet {
+        eprintln!(
+            "pulled {} as {} ({} blobs, {} bytes fetched)",
+            report.manifest_digest, report.ref_name, report.blobs, report.bytes_fetched
+        );
+    }
+    Ok(())
+}
+
+/// Per-blob progress on a terminal: one line per finished blob and a
+/// running byte count.
+fn progress_printer() -> registry::ProgressFn {
+    let state = Arc::new(Mutex::new((0usize, 0usize, 0u64)));
+    Arc::new(move |event: &PullEvent| {
+        let Ok(mut s) = state.lock() else { return };
+        match event {
+            PullEvent::Resolved { blobs, .. } => s.1 = *blobs,
+            PullEvent::Bytes { bytes, .. } => {
+                s.2 += bytes;
+                eprint!("\r{}/{} blobs, {} MiB", s.0, s.1, s.2 >> 20);
+            }
+            PullEvent::BlobDone {
+                digest,
+                size,
+                fetched,
+            } => {
+                s.0 += 1;
+                let how = if *fetched == 0 { "present" } else { "fetched" };
+                eprintln!("\r{}/{} {digest} ({size} bytes, {how})", s.0, s.1);
+            }
+            _ => {}
+        }
+    })
+}

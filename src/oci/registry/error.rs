@@ -1,0 +1,140 @@
+#![forbid(unsafe_code)]
+//! The typed error of a pull.
+//!
+//! Registry failures name the image reference and the registry, so that a
+//! message read in a CI log says what was asked of whom: "pull
+//! docker://127.0.0.1:5000/demo:nope from 127.0.0.1:5000: manifest nope:
+//! not found (…)".
+
+use std::path::PathBuf;
+
+use crate::oci::OciError;
+
+/// Everything that can go wrong while pulling an image.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The source or destination text is not a reference metalor reads.
+    #[error("parse image reference {value:?}: {reason}")]
+    InvalidReference {
+        /// The text given.
+        value: String,
+        /// Which rule it breaks.
+        reason: String,
+    },
+
+    /// The registry answered 404 (or a `*_UNKNOWN` error code).
+    #[error("pull {reference} from {registry}: {what}: not found ({detail})")]
+    NotFound {
+        /// The image reference being pulled.
+        reference: String,
+        /// The registry endpoint.
+        registry: String,
+        /// What was asked for (`manifest latest`, `blob sha256:…`).
+        what: String,
+        /// The registry's own words.
+        detail: String,
+    },
+
+    /// The registry refused the credentials, or there were none and it
+    /// wants some (401/403).
+    #[error("pull {reference} from {registry}: {what}: access denied ({detail}); credentials are read from REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json or ~/.docker/config.json")]
+    Denied {
+        /// The image reference being pulled.
+        reference: String,
+        /// The registry endpoint.
+        registry: String,
+        /// What was asked for.
+        what: String,
+        /// The registry's own words.
+        detail: String,
+    },
+
+    /// A request failed in a way retrying did not fix, or that is not worth
+    /// retrying.
+    #[error("pull {reference} from {registry}: {what}: {detail}")]
+    Transfer {
+        /// The image reference being pulled.
+        reference: String,
+        /// The registry endpoint.
+        registry: String,
+        /// What was asked for.
+        what: String,
+        /// The last failure, with the attempt count when retried.
+        detail: String,
+    },
+
+    /// A manifest or index the registry served cannot be used.
+    #[error("pull {reference}: {what}: {reason}")]
+    BadDocument {
+        /// The image reference being pulled.
+        reference: String,
+        /// The document (`manifest sha256:…`).
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Reading, verifying or writing layout content failed.
+    #[error("{}{source}", pull_prefix(reference))]
+    Layout {
+        /// The image reference being pulled.
+        reference: String,
+        /// The typed layout error.
+        #[source]
+        source: OciError,
+    },
+
+    /// An auth file exists but cannot be read or parsed.
+    #[error("read auth file {}: {reason}", path.display())]
+    AuthFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// The HTTP client or the async runtime could not be set up.
+    #[error("set up the registry client: {0}")]
+    Setup(String),
+}
+
+impl From<OciError> for RegistryError {
+    fn from(source: OciError) -> Self {
+        match source {
+            OciError::InvalidReference { value, reason } => RegistryError::InvalidReference {
+                value,
+                reason: reason.to_owned(),
+            },
+            OciError::UnsupportedTransport { value, transport } => {
+                RegistryError::InvalidReference {
+                    value,
+                    reason: format!("unsupported transport {transport:?}"),
+                }
+            }
+            source => RegistryError::Layout {
+                reference: String::new(),
+                source,
+            },
+        }
+    }
+}
+
+/// `pull REF: ` when the reference is known, nothing otherwise.
+fn pull_prefix(reference: &str) -> String {
+    if reference.is_empty() {
+        String::new()
+    } else {
+        format!("pull {reference}: ")
+    }
+}
+
+impl RegistryError {
+    /// Wraps a layout error with the reference being pulled.
+    pub(crate) fn layout(reference: &impl ToString, source: OciError) -> RegistryError {
+        RegistryError::Layout {
+            reference: reference.to_string(),
+            source,
+        }
+    }
+}
