@@ -127,3 +127,24 @@ fn bundled_roots_pem() -> String {
     }
     pem
 }
+
+#[cfg(test)]
+mod tests {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    #[test]
+    fn bundled_roots_survive_the_pem_round_trip() {
+        let pem = super::bundled_roots_pem();
+        let parsed = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let bundled = webpki_root_certs::TLS_SERVER_ROOT_CERTS;
+        assert!(bundled.len() > 100);
+        assert_eq!(parsed.len(), bundled.len());
+        assert!(parsed
+            .iter()
+            .zip(bundled)
+            .all(|(a, b)| a.as_ref() == b.as_ref()));
+    }
+}
