@@ -7,7 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The oracles and fixtures the tests use; never used by metalor itself.
-APT_PACKAGES=(umoci skopeo libarchive-tools zstd tar gzip busybox-static docker-registry apache2-utils)
+# strace: vendor-tests/static_binary.rs records every exec of the static
+# binary. musl-tools: to build that binary (.ci/run does, before the tests).
+APT_PACKAGES=(umoci skopeo libarchive-tools zstd tar gzip busybox-static docker-registry apache2-utils
+  strace musl-tools)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
