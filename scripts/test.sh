@@ -7,7 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The oracles and fixtures the tests use; never used by metalor itself.
-APT_PACKAGES=(umoci skopeo libarchive-tools zstd tar gzip busybox-static docker-registry apache2-utils)
+APT_PACKAGES=(umoci skopeo libarchive-tools zstd tar gzip busybox-static docker-registry apache2-utils qemu-user-static)
+
+# tests/emulator.rs downloads Debian's busybox-static:arm64 with
+# `apt-get download`, which needs the arm64 package lists.
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  echo "scripts/test.sh: adding the arm64 package architecture" >&2
+  dpkg --add-architecture arm64
+  apt-get update -qq
+fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
