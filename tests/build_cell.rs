@@ -946,3 +946,87 @@ fn request_file_holds_the_original_spec_and_scratch_is_reset() {
         assert!(envs.iter().any(|k| k == key), "{key} in {envs:?}");
     }
 }
+
+/// Upstream's signatures, as its readme tests coerce them, at the crate
+/// root and under `metalor::runtime`.
+type PrepareOciRootfs =
+    fn(&str, &Path, &Path, Option<&Path>, Option<&str>) -> anyhow::Result<PathBuf>;
+
+#[test]
+fn upstream_signatures() {
+    use metalor::LinuxNamespaceBackend;
+    use std::process::Command;
+    let _: fn(&Path, &str, &Path, &BuildCellSpec) -> anyhow::Result<Command> =
+        metalor::build_cell_reexec_command;
+    let _: fn(&Path, &str, &Path, &BuildCellSpec) -> anyhow::Result<Command> =
+        metalor::runtime::build_cell_reexec_command;
+    let _: fn(
+        &Path,
+        &str,
+        &Path,
+        &BuildCellSpec,
+        LinuxNamespaceBackend,
+    ) -> anyhow::Result<Command> = metalor::build_cell_reexec_command_with_backend;
+    let _: fn(
+        &Path,
+        &str,
+        &Path,
+        &BuildCellSpec,
+        LinuxNamespaceBackend,
+    ) -> anyhow::Result<Command> = metalor::runtime::build_cell_reexec_command_with_backend;
+    let _: fn(&BuildCellSpec) -> anyhow::Result<()> = metalor::run_build_cell;
+    let _: fn(&BuildCellSpec) -> anyhow::Result<()> = metalor::runtime::run_build_cell;
+    let _: fn(&BuildCellSpec, bool) -> anyhow::Result<BuildCellResult> =
+        metalor::finalize_build_cell;
+    let _: fn(&BuildCellSpec, bool) -> anyhow::Result<metalor::runtime::BuildCellResult> =
+        metalor::runtime::finalize_build_cell;
+    let _: fn(&Path, &str, &str) -> anyhow::Result<Option<String>> =
+        metalor::prepare_runtime_emulator;
+    let _: fn(&Path, &str, &str) -> anyhow::Result<Option<String>> =
+        metalor::runtime::prepare_runtime_emulator;
+    let _: PrepareOciRootfs = metalor::prepare_oci_rootfs;
+    let _: PrepareOciRootfs = metalor::runtime::prepare_oci_rootfs;
+    let _: PrepareOciRootfs = metalor::runtime::linux::prepare_oci_rootfs;
+}
+
+#[test]
+fn rootless_cell() {
+    let test = "rootless_cell";
+    let probe = metalor::probe_rootless_userns(true);
+    if !probe.ok {
+        support::skip_or_fail(
+            test,
+            &format!("no rootless user namespaces: {}", probe.stderr),
+        );
+        return;
+    }
+    let Some(cell) = Cell::new(test) else {
+        return;
+    };
+    let out = cell.path("out");
+    let mut spec = cell.spec("id -u > uid; cat /proc/net/dev | tail -n +3 | cut -d: -f1 > net");
+    spec.network = NetworkPolicy::Disabled;
+    spec.exports = vec![
+        ExportSpec {
+            source: "/workspace/uid".into(),
+            destination: HostPath::new(out.join("uid")),
+        },
+        ExportSpec {
+            source: "/workspace/net".into(),
+            destination: HostPath::new(out.join("net")),
+        },
+    ];
+    let mut command = metalor::build_cell_reexec_command_with_backend(
+        Path::new(METALOR),
+        INNER_BUILD_CELL,
+        &cell.prefix.path,
+        &spec,
+        metalor::LinuxNamespaceBackend::RootlessUser,
+    )
+    .unwrap();
+    let output = command.output().unwrap();
+    assert_ran(&output);
+    assert!(!finalize_build_cell(&spec, true).unwrap().scratch_preserved);
+    assert_eq!(fs::read_to_string(out.join("uid")).unwrap(), "0\n");
+    assert_eq!(fs::read_to_string(out.join("net")).unwrap().trim(), "lo");
+}

@@ -294,3 +294,44 @@ fn foreign_arch_run_through_the_library_reexec() {
     );
     assert_eq!(metalor_binfmt_rules(), Vec::<String>::new());
 }
+
+/// binfmt_misc is instanced per user namespace from Linux 6.7 on.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    found >= (major, minor)
+}
+
+#[test]
+fn rootless_foreign_run_gets_a_private_binfmt_instance() {
+    let test = "rootless_foreign_run_gets_a_private_binfmt_instance";
+    let _serial = serialized();
+    if !kernel_at_least(6, 7) {
+        eprintln!("SKIP {test}: binfmt_misc is per user namespace only from Linux 6.7");
+        return;
+    }
+    if !metalor::probe_rootless_userns(false).ok {
+        support::skip_or_fail(test, "no rootless user namespaces");
+        return;
+    }
+    let prefix = Prefix::new();
+    let Some(rootfs) = arm64_rootfs(&prefix, test) else {
+        return;
+    };
+    let flags = ["--rootless", "--arch", "arm64", "--env", "PATH=/bin"];
+    let script = "uname -m; id -u; ls /proc/sys/fs/binfmt_misc | grep -v -e register -e status";
+    let out = ok_stdout(&metalor_run(&rootfs, &flags, &["sh", "-c", script]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["aarch64", "0"], "{out}");
+    // Only this run's rule: the instance belongs to the run's namespace.
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[2].starts_with("metalor-qemu-aarch64-static-"),
+        "{out}"
+    );
+    assert_eq!(metalor_binfmt_rules(), Vec::<String>::new());
+}

@@ -51,17 +51,19 @@ pub fn prepare_runtime_emulator(
         bail!("foreign-architecture execution for guest {guest} on host {host} requires {qemu} in PATH");
     };
     let found = fs::canonicalize(&found).unwrap_or(found);
-    let helper_dir = prepare_container_mount_target(
-        runtime_root,
-        RUN_HELPER_DIR,
-        TargetKind::Directory,
-        "runtime helper path",
-    )?;
+    // The file first, so a refusal names the helper's own path, as
+    // upstream's does; the directory walk then only reopens what it checked.
     let target = helper_binary_path(&qemu);
     prepare_container_mount_target(
         runtime_root,
         &target,
         TargetKind::File,
+        "runtime helper path",
+    )?;
+    let helper_dir = prepare_container_mount_target(
+        runtime_root,
+        RUN_HELPER_DIR,
+        TargetKind::Directory,
         "runtime helper path",
     )?;
     install_binary(&found, &helper_dir, &qemu).with_context(|| {
@@ -95,6 +97,10 @@ fn install_binary(source: &Path, dir: &OwnedFd, name: &str) -> io::Result<()> {
     let written = io::copy(&mut input, &mut output)
         .and_then(|_| output.set_permissions(mode))
         .and_then(|()| output.flush());
+    // Closed before the rename: a binary still open for writing cannot be
+    // executed or registered (ETXTBSY), and a parallel run may register
+    // the new copy as soon as it has its name.
+    drop(output);
     let result = written.and_then(|()| Ok(rustix::fs::renameat(dir, temp.as_str(), dir, name)?));
     if result.is_err() {
         let _ = rustix::fs::unlinkat(dir, temp.as_str(), rustix::fs::AtFlags::empty());

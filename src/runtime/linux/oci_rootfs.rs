@@ -20,6 +20,7 @@ use anyhow::{bail, Context, Result};
 use rustix::fs::{flock, FlockOperation, Mode, OFlags};
 use sha2::{Digest as _, Sha256};
 
+use super::copy::remove_path_if_exists;
 use super::host::{
     canonicalize_runtime_root_prefix, prepare_host_directory, prepare_runtime_workspace,
 };
@@ -56,7 +57,9 @@ pub fn prepare_oci_rootfs(
     let oci = package.join("oci");
     let bundle = oci.join("bundle");
     remove_if_exists(&bundle)?;
-    fs::create_dir_all(&oci).with_context(|| format!("failed to create {}", oci.display()))?;
+    // The same symlink-refusing walk as the package root, so a symlinked
+    // `oci` cannot redirect the layout or the bundle.
+    prepare_host_directory(&oci, "OCI package root")?;
     let normalized = normalize_reference(reference);
     // Checked before anything is fetched; the message is upstream's.
     let oci_arch = requested_arch.map(oci_arch_name).transpose()?;
@@ -252,13 +255,7 @@ fn unpack_image(layout: &Path, platform: &Platform, rootfs: &Path) -> Result<()>
 
 /// Removes whatever is at `path` without following a symlink there.
 fn remove_if_exists(path: &Path) -> Result<()> {
-    let removed = match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(err),
-    };
-    removed.with_context(|| format!("failed to remove {}", path.display()))
+    remove_path_if_exists(path).with_context(|| format!("failed to remove {}", path.display()))
 }
 
 #[cfg(test)]
