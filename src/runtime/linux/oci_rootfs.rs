@@ -67,16 +67,31 @@ pub fn prepare_oci_rootfs(
         Some(arch) => Platform::linux(arch)?,
         None => Platform::host(),
     };
+    // An unparsable or unsupported reference fails here, before the cache
+    // or the network is touched, with the same top-level phrase as a
+    // failed copy.
+    let destination = match cache_root {
+        Some(cache) => cache
+            .join(cache_key(&cache_identity(&normalized, oci_arch)))
+            .join("layout"),
+        None => oci.join("layout"),
+    };
+    let source =
+        PullSource::parse(&normalized).with_context(|| copy_failed(&normalized, &destination))?;
+    let copy = Copy {
+        normalized: &normalized,
+        source: &source,
+        platform: &platform,
+    };
     let (layout, _entry_lock) = match cache_root {
         Some(cache) => {
-            let (entry, lock) = cached_layout(cache, &normalized, oci_arch, &platform)?;
+            let (entry, lock) = cached_layout(cache, &copy, oci_arch)?;
             (entry, Some(lock))
         }
         None => {
-            let layout = oci.join("layout");
-            remove_if_exists(&layout)?;
-            copy_image(&normalized, &layout, &platform)?;
-            (layout, None)
+            remove_if_exists(&destination)?;
+            copy.copy_into(&destination, &destination)?;
+            (destination, None)
         }
     };
     fs::create_dir(&bundle).with_context(|| format!("failed to create {}", bundle.display()))?;
@@ -136,12 +151,11 @@ pub(crate) fn cache_key(identity: &str) -> String {
 /// caller unpacks from it.
 fn cached_layout(
     cache_root: &Path,
-    normalized: &str,
+    copy: &Copy<'_>,
     oci_arch: Option<&str>,
-    platform: &Platform,
 ) -> Result<(PathBuf, OwnedFd)> {
     let root_fd = prepare_host_directory(cache_root, "OCI cache root")?;
-    let identity = cache_identity(normalized, oci_arch);
+    let identity = cache_identity(copy.normalized, oci_arch);
     let key = cache_key(&identity);
     let entry = cache_root.join(&key);
     match rustix::fs::mkdirat(&root_fd, key.as_str(), Mode::from_raw_mode(0o755)) {
@@ -164,7 +178,7 @@ fn cached_layout(
         .with_context(|| format!("failed to lock OCI cache entry {}", entry.display()))?;
     let layout = entry.join("layout");
     if !entry_is_current(&entry, &identity) {
-        refill_entry(&entry, &identity, normalized, platform)?;
+        refill_entry(&entry, &identity, copy)?;
     }
     flock(&lock, FlockOperation::LockShared)
         .map_err(std::io::Error::from)
@@ -182,7 +196,7 @@ fn entry_is_current(entry: &Path, identity: &str) -> bool {
 /// Empties the entry (under its exclusive lock), copies the image into
 /// `layout.tmp`, renames it to `layout`, then writes `reference.txt` last,
 /// so an interrupted fill is never taken for a complete one.
-fn refill_entry(entry: &Path, identity: &str, normalized: &str, platform: &Platform) -> Result<()> {
+fn refill_entry(entry: &Path, identity: &str, copy: &Copy<'_>) -> Result<()> {
     let listing = fs::read_dir(entry)
         .with_context(|| format!("failed to read OCI cache entry {}", entry.display()))?;
     for child in listing {
@@ -192,7 +206,7 @@ fn refill_entry(entry: &Path, identity: &str, normalized: &str, platform: &Platf
     }
     let staging = entry.join(STAGING_LAYOUT);
     let layout = entry.join("layout");
-    copy_image(normalized, &staging, platform)?;
+    copy.copy_into(&staging, &layout)?;
     fs::rename(&staging, &layout).with_context(|| {
         format!(
             "failed to move {} to {}",
@@ -211,27 +225,39 @@ fn refill_entry(entry: &Path, identity: &str, normalized: &str, platform: &Platf
         .with_context(|| format!("failed to write {}", reference.display()))
 }
 
-/// Upstream's `skopeo copy --multi-arch system [--override-arch A] SRC
-/// oci:LAYOUT:image`, in-process. An unparsable or unsupported reference
-/// fails here, before any network access, with the same top-level phrase.
-fn copy_image(normalized: &str, layout: &Path, platform: &Platform) -> Result<()> {
-    let failed = || {
-        format!(
-            "copy OCI image {normalized} into {} failed",
-            layout.display()
-        )
-    };
-    let source = PullSource::parse(normalized).with_context(failed)?;
-    let options = PullOptions {
-        platform: platform.clone(),
-        ..PullOptions::default()
-    };
-    let result = pull(&source, layout, IMAGE_REF, &options);
-    if result.is_err() {
-        // Leave no partial layout behind; the error is what matters.
-        let _ = remove_if_exists(layout);
+/// Upstream's error for a failed copy into `layout`.
+fn copy_failed(normalized: &str, layout: &Path) -> String {
+    format!(
+        "copy OCI image {normalized} into {} failed",
+        layout.display()
+    )
+}
+
+/// One image to copy: upstream's `skopeo copy --multi-arch system
+/// [--override-arch A] SRC oci:LAYOUT:image`, done in-process.
+struct Copy<'a> {
+    normalized: &'a str,
+    source: &'a PullSource,
+    platform: &'a Platform,
+}
+
+impl Copy<'_> {
+    /// Copies the image into the layout at `dir`, tagged `image`; errors
+    /// name `shown`, the layout's final path. A failed copy leaves no
+    /// partial layout behind.
+    fn copy_into(&self, dir: &Path, shown: &Path) -> Result<()> {
+        let options = PullOptions {
+            platform: self.platform.clone(),
+            ..PullOptions::default()
+        };
+        let result = pull(self.source, dir, IMAGE_REF, &options);
+        if result.is_err() {
+            let _ = remove_if_exists(dir);
+        }
+        result
+            .map(|_| ())
+            .with_context(|| copy_failed(self.normalized, shown))
     }
-    result.map(|_| ()).with_context(failed)
 }
 
 /// Applies the layers of `layout:image` to a new `rootfs`, verifying every
