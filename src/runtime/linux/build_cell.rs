@@ -21,7 +21,6 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use rustix::fs::{Mode, OFlags};
 
-use super::copy::{copy_directory_entries, copy_path, remove_path_if_exists};
 use super::host::{
     canonicalize_runtime_root_prefix, prepare_runtime_root, prepare_runtime_workspace,
 };
@@ -32,6 +31,7 @@ use super::validate::{
     validate_host_absolute,
 };
 use super::{BindMount, ContainerRunCommand, LinuxNamespaceBackend};
+use crate::runtime::worker_support::{copy_directory_entries, copy_path, remove_path_if_exists};
 use crate::runtime::{
     build_cell_request_path, write_build_cell_request, BuildCellResult, BuildCellSpec,
     CleanupPolicy, NetworkPolicy, WorkspaceSeed,

@@ -9,7 +9,6 @@
 #![forbid(unsafe_code)]
 
 mod build_cell;
-mod copy;
 mod emulator;
 mod host;
 mod inner;

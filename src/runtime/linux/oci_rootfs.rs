@@ -20,12 +20,12 @@ use anyhow::{bail, Context, Result};
 use rustix::fs::{flock, FlockOperation, Mode, OFlags};
 use sha2::{Digest as _, Sha256};
 
-use super::copy::remove_path_if_exists;
 use super::host::{
     canonicalize_runtime_root_prefix, prepare_host_directory, prepare_runtime_workspace,
 };
 use crate::oci::registry::{pull, PullOptions, PullSource};
 use crate::oci::{oci_arch_name, ImageLayout, Platform};
+use crate::runtime::worker_support::remove_path_if_exists;
 use crate::unpack::{unpack_layers_into, LayerInput, UnpackOptions};
 
 /// The ref name the image gets inside every layout this module writes.
