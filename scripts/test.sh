@@ -9,8 +9,17 @@ cd "$(dirname "$0")/.."
 # The oracles and fixtures the tests use; never used by metalor itself.
 # strace: vendor-tests/static_binary.rs records every exec of the static
 # binary. musl-tools: to build that binary (.ci/run does, before the tests).
+# qemu-user-static: foreign-architecture runs in tests/emulator.rs.
 APT_PACKAGES=(umoci skopeo libarchive-tools zstd tar gzip busybox-static docker-registry apache2-utils
-  strace musl-tools)
+  strace musl-tools qemu-user-static)
+
+# tests/emulator.rs downloads Debian's busybox-static:arm64 with
+# `apt-get download`, which needs the arm64 package lists.
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  echo "scripts/test.sh: adding the arm64 package architecture" >&2
+  dpkg --add-architecture arm64
+  apt-get update -qq
+fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

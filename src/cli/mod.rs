@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod inner;
+mod inner_build_cell;
 mod inspect;
 mod progress;
 mod pull;
@@ -31,6 +32,9 @@ enum Verb {
     /// Internal: the re-executed side of `metalor run`.
     #[command(name = "__inner-run", hide = true)]
     InnerRun(inner::InnerArgs),
+    /// Internal: the re-executed side of a build cell.
+    #[command(name = "__inner-build-cell", hide = true)]
+    InnerBuildCell(inner_build_cell::InnerBuildCellArgs),
 }
 
 /// Parses the command line, runs the verb and returns the process exit code:
@@ -50,6 +54,7 @@ pub fn main() -> i32 {
         Verb::Pull(args) => pull::run(args).map(|()| 0),
         Verb::Run(args) => run::run(args),
         Verb::InnerRun(args) => inner::run(args),
+        Verb::InnerBuildCell(args) => inner_build_cell::run(args),
     };
     match result {
         Ok(code) => code,

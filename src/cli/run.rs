@@ -1,5 +1,6 @@
 //! `metalor run [--bind SRC:DST[:ro]]... [--env K=V]... [--cwd DIR]
-//! [--net none] [--rootless] [--privileged] --rootfs DIR -- CMD [ARG]...`
+//! [--arch ARCH] [--net none] [--rootless] [--privileged] --rootfs DIR --
+//! CMD [ARG]...`
 //!
 //! Goes through the library's own re-exec: the rootfs's parent directory is
 //! the runtime root prefix, and the hidden `__inner-run` verb runs the
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use metalor::runtime::linux::{build_unshare_reexec_command_with_options, ReexecOptions};
-use metalor::{BindMount, ContainerRunCommand, LinuxNamespaceBackend};
+use metalor::{prepare_runtime_emulator, BindMount, ContainerRunCommand, LinuxNamespaceBackend};
 
 use super::inner::{ENV_KEEP_PRIVILEGES, INNER_RUN_VERB};
 
@@ -27,6 +28,11 @@ pub struct RunArgs {
     /// Working directory inside the rootfs.
     #[arg(long, default_value = "/")]
     cwd: String,
+    /// The rootfs's architecture (x86_64/amd64, aarch64/arm64, riscv64).
+    /// When it is not the host's, `qemu-ARCH-static` from `PATH` is staged
+    /// in the rootfs and registered with binfmt_misc for this run.
+    #[arg(long, value_name = "ARCH")]
+    arch: Option<String>,
     /// `none`: a private network namespace with only `lo`.
     #[arg(long, value_name = "none")]
     net: Option<String>,
@@ -52,6 +58,10 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         Some(other) => bail!("unsupported --net mode {other}: only none is supported"),
     };
     let (prefix, root) = split_rootfs(&args.rootfs)?;
+    let emulator = match &args.arch {
+        Some(arch) => prepare_runtime_emulator(&root, std::env::consts::ARCH, arch)?,
+        None => None,
+    };
     let command = ContainerRunCommand {
         root,
         cwd: args.cwd.clone(),
@@ -65,7 +75,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             .iter()
             .map(|e| parse_env(e))
             .collect::<Result<_>>()?,
-        emulator: None,
+        emulator,
         executable: args.command[0].clone(),
         argv: args.command[1..].to_vec(),
     };

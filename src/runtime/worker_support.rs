@@ -275,7 +275,9 @@ pub(crate) fn run_host_command(program: &OsStr, args: &[&str], log: &mut String)
 /// Replaces `destination` with a copy of `source`: a symlink is recreated
 /// with the same target text, a directory is copied recursively with its
 /// permissions, a file with `fs::copy`. Owners, times and xattrs are not kept.
-fn copy_path(source: &Path, destination: &Path) -> Result<()> {
+///
+/// The Linux build cells stage and collect through this too.
+pub(crate) fn copy_path(source: &Path, destination: &Path) -> Result<()> {
     let metadata = fs::symlink_metadata(source)
         .with_context(|| format!("failed to inspect {}", source.display()))?;
     remove_path_if_exists(destination)
@@ -290,9 +292,11 @@ fn copy_path(source: &Path, destination: &Path) -> Result<()> {
     if metadata.is_dir() {
         fs::create_dir(destination)
             .with_context(|| format!("failed to create {}", destination.display()))?;
-        fs::set_permissions(destination, metadata.permissions())
-            .with_context(|| format!("failed to apply permissions to {}", destination.display()))?;
-        return copy_directory_entries(source, destination);
+        copy_directory_entries(source, destination)?;
+        // The mode last, so a read-only source directory can still be
+        // filled by a caller without CAP_DAC_OVERRIDE.
+        return fs::set_permissions(destination, metadata.permissions())
+            .with_context(|| format!("failed to apply permissions to {}", destination.display()));
     }
     fs::copy(source, destination).with_context(|| {
         format!(
@@ -305,7 +309,7 @@ fn copy_path(source: &Path, destination: &Path) -> Result<()> {
         .with_context(|| format!("failed to apply permissions to {}", destination.display()))
 }
 
-fn copy_directory_entries(source: &Path, destination: &Path) -> Result<()> {
+pub(crate) fn copy_directory_entries(source: &Path, destination: &Path) -> Result<()> {
     let entries = fs::read_dir(source)
         .with_context(|| format!("failed to read directory {}", source.display()))?;
     for entry in entries {
@@ -325,7 +329,7 @@ fn create_parent(path: &Path) -> Result<()> {
 }
 
 /// Removes whatever is at `path` without following a symlink there.
-fn remove_path_if_exists(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_path_if_exists(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(metadata) if metadata.is_dir() => fs::remove_dir_all(path),
         // A Windows directory symlink needs remove_dir; elsewhere remove_file works.

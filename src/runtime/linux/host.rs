@@ -174,14 +174,26 @@ fn write_sentinel(root: &OwnedFd, path: &Path, prefix: &Path) -> Result<()> {
         }
         Entry::Missing => {}
     }
-    let flags =
-        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(root, name, flags, Mode::from_raw_mode(0o644))
-        .with_context(|| format!("failed to write runtime root sentinel {}", path.display()))?;
-    fs::File::from(fd)
+    // Written beside it and renamed over it: parallel runs on one root
+    // rewrite the sentinel while others verify it, and a truncate-then-write
+    // would let them read it empty. A rename replaces the entry itself, so
+    // it never writes through a symlink either.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let temp = format!("{ROOT_SENTINEL}.{}-{nanos:09}", std::process::id());
+    let failed = || format!("failed to write runtime root sentinel {}", path.display());
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(root, temp.as_str(), flags, Mode::from_raw_mode(0o644))
+        .with_context(failed)?;
+    let written = fs::File::from(fd)
         .write_all(prefix.as_os_str().as_bytes())
-        .with_context(|| format!("failed to write runtime root sentinel {}", path.display()))?;
-    Ok(())
+        .and_then(|()| Ok(rustix::fs::renameat(root, temp.as_str(), root, name)?));
+    if written.is_err() {
+        let _ = rustix::fs::unlinkat(root, temp.as_str(), rustix::fs::AtFlags::empty());
+    }
+    written.with_context(failed)
 }
 
 /// Reads the sentinel for the inner check without following a symlink.

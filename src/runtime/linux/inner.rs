@@ -10,8 +10,11 @@ use std::process::{Command, ExitStatus};
 use anyhow::{bail, Context, Result};
 use rustix::process::{setrlimit, Resource, Rlimit};
 
+use super::emulator::{BinfmtRule, BINFMT_MISC_DIR};
 use super::host::{canonicalize_runtime_root_prefix, verify_sentinel};
-use super::mounts::{bind_onto, mount_proc_onto, prepare_container_mount_target, TargetKind};
+use super::mounts::{
+    bind_onto, mount_binfmt_misc_onto, mount_proc_onto, prepare_container_mount_target, TargetKind,
+};
 use super::reexec::{ENV_PARENT_MOUNT_NS, ENV_PRIVATE_NS, ENV_RUNTIME_ROOT_PREFIX};
 use super::validate::{mount_covers, validate_container_request};
 use super::ContainerRunCommand;
@@ -143,9 +146,11 @@ pub(crate) fn run_phase(
     root: &Path,
     options: &RunOptions,
 ) -> Result<()> {
-    if let Some(emulator) = &command.emulator {
-        bail!("container emulator {emulator} is not supported yet: foreign-architecture runs need the emulator layer");
-    }
+    let binfmt = command
+        .emulator
+        .as_deref()
+        .map(BinfmtRule::for_emulator)
+        .transpose()?;
     fs::create_dir_all(root).with_context(|| format!("failed to create {}", root.display()))?;
     mount_user_binds(command, root)?;
     let proc_target = prepare_container_mount_target(
@@ -156,17 +161,50 @@ pub(crate) fn run_phase(
     )?;
     mount_proc_onto(&proc_target)
         .with_context(|| format!("failed to mount proc at {}", root.join("proc").display()))?;
+    if binfmt.is_some() {
+        mount_binfmt_misc(root)?;
+    }
     mount_auto_binds(command, root, options)?;
     if options.disable_network {
         sys::loopback_up().context("failed to bring up the loopback interface")?;
     }
     enter_root(root, &command.cwd)?;
+    let Some(rule) = binfmt else {
+        return start_payload(command, options);
+    };
+    let registered = rule.register()?;
+    let outcome = start_payload(command, options);
+    // Always unregister; when both fail, the payload's error is the one
+    // that matters.
+    let unregistered = registered.unregister();
+    outcome.and(unregistered)
+}
+
+/// Limits, privilege narrowing and descriptor hygiene, then the payload.
+fn start_payload(command: &ContainerRunCommand, options: &RunOptions) -> Result<()> {
     apply_limits(&options.limits)?;
     if options.restrict_privileges {
         restrict_privileges()?;
     }
     sys::cloexec_above_stderr().context("failed to mark inherited descriptors close-on-exec")?;
     spawn_payload(command)
+}
+
+/// Mounts binfmt_misc at `<root>/proc/sys/fs/binfmt_misc` (inside the
+/// fresh procfs), where the rule is registered after the `chroot`.
+fn mount_binfmt_misc(root: &Path) -> Result<()> {
+    let target = prepare_container_mount_target(
+        root,
+        BINFMT_MISC_DIR,
+        TargetKind::Directory,
+        "container auto-mount target",
+    )?;
+    mount_binfmt_misc_onto(&target).with_context(|| {
+        format!(
+            "failed to mount binfmt_misc at {}",
+            root.join(BINFMT_MISC_DIR.trim_start_matches('/')).display()
+        )
+    })
 }
 
 fn mount_user_binds(command: &ContainerRunCommand, root: &Path) -> Result<()> {

@@ -4,13 +4,16 @@
 //! syscall; nothing here spawns a helper program.
 //!
 //! Split by phase: validation rules, host preparation, re-exec
-//! construction, the in-process probe, mount-target preparation and the
-//! inner runner.
+//! construction, the in-process probe, mount-target preparation, the
+//! inner runner, the QEMU emulator, build cells and the OCI rootfs.
 #![forbid(unsafe_code)]
 
+mod build_cell;
+mod emulator;
 mod host;
 mod inner;
 mod mounts;
+mod oci_rootfs;
 mod probe;
 mod reexec;
 mod validate;
@@ -18,10 +21,16 @@ mod validate;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 
+pub use build_cell::{
+    build_cell_reexec_command, build_cell_reexec_command_with_backend, finalize_build_cell,
+    run_build_cell, BUILD_CELL_REQUEST_ARG,
+};
+pub use emulator::prepare_runtime_emulator;
 pub use inner::{
     run_isolated_container_command, run_isolated_container_command_with_options, ContainerExit,
     RunOptions,
 };
+pub use oci_rootfs::prepare_oci_rootfs;
 pub use probe::probe_rootless_userns;
 pub use reexec::{
     build_unshare_reexec_command, build_unshare_reexec_command_with_backend,

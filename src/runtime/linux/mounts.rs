@@ -120,7 +120,17 @@ pub(crate) fn bind_onto(source: &Path, target: &OwnedFd, read_only: bool) -> std
 
 /// Mounts a fresh procfs of the caller's PID namespace onto `target`.
 pub(crate) fn mount_proc_onto(target: &OwnedFd) -> std::io::Result<()> {
-    let context = fsopen("proc", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    mount_new_fs_onto("proc", target)
+}
+
+/// Mounts binfmt_misc onto `target`: the instance of the caller's user
+/// namespace (the host's under the privileged backend).
+pub(crate) fn mount_binfmt_misc_onto(target: &OwnedFd) -> std::io::Result<()> {
+    mount_new_fs_onto("binfmt_misc", target)
+}
+
+fn mount_new_fs_onto(fstype: &str, target: &OwnedFd) -> std::io::Result<()> {
+    let context = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC)?;
     fsconfig_create(&context)?;
     let mount = fsmount(
         &context,

@@ -1,0 +1,408 @@
+//! `prepare_oci_rootfs` end to end (upstream §3.9): from `oci:` layouts and
+//! from a real registry (Debian's `docker-registry` on 127.0.0.1), the
+//! package-root rules, reference normalization and its error prefix, the
+//! architecture check before any fetch, the cache's exact shape, reuse
+//! across package roots and offline, and concurrent callers on one cache
+//! entry.
+
+#[path = "../vendor-tests/support/mod.rs"]
+mod support;
+
+#[path = "../vendor-tests/registry_support/mod.rs"]
+mod registry_support;
+
+mod build_cell_support;
+
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use build_cell_support::{busybox_reference, Prefix};
+use metalor::prepare_oci_rootfs;
+use registry_support::Registry;
+use sha2::{Digest as _, Sha256};
+
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The cache root's entries; each must be a directory holding exactly
+/// `layout/` and `reference.txt`.
+fn cache_entries(cache: &Path) -> Vec<(String, String)> {
+    let mut entries = Vec::new();
+    for entry in fs::read_dir(cache).unwrap() {
+        let entry = entry.unwrap();
+        assert!(
+            entry.file_type().unwrap().is_dir(),
+            "{:?} is not a directory",
+            entry.path()
+        );
+        let mut names: Vec<String> = fs::read_dir(entry.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["layout", "reference.txt"], "{:?}", entry.path());
+        let identity = fs::read_to_string(entry.path().join("reference.txt")).unwrap();
+        entries.push((entry.file_name().to_string_lossy().into_owned(), identity));
+    }
+    entries.sort();
+    entries
+}
+
+fn assert_busybox_rootfs(rootfs: &Path, package: &Path) {
+    assert!(
+        rootfs.starts_with(package.canonicalize().unwrap()),
+        "{}",
+        rootfs.display()
+    );
+    assert_eq!(
+        rootfs,
+        package.canonicalize().unwrap().join("oci/bundle/rootfs")
+    );
+    assert!(rootfs.join("bin/busybox").is_file());
+    assert_eq!(
+        fs::read_link(rootfs.join("bin/sh")).unwrap(),
+        PathBuf::from("busybox")
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/hostname")).unwrap(),
+        "busybox\n"
+    );
+}
+
+#[test]
+fn from_an_oci_layout_without_cache() {
+    let prefix = Prefix::new();
+    let Some(reference) = busybox_reference(&prefix.path, "from_an_oci_layout_without_cache")
+    else {
+        return;
+    };
+    let package = prefix.join("pkg");
+    let rootfs = prepare_oci_rootfs(&reference, &prefix.path, &package, None, None).unwrap();
+    assert_busybox_rootfs(&rootfs, &package);
+    let index = fs::read_to_string(package.join("oci/layout/index.json")).unwrap();
+    assert!(
+        index.contains(r#""org.opencontainers.image.ref.name":"image""#),
+        "{index}"
+    );
+    // A second call replaces the bundle and the layout.
+    fs::write(rootfs.join("marker"), "x").unwrap();
+    let again =
+        prepare_oci_rootfs(&reference, &prefix.path, &package, None, Some("amd64")).unwrap();
+    assert_eq!(again, rootfs);
+    assert!(!rootfs.join("marker").exists());
+    let names: Vec<_> = fs::read_dir(package.join("oci/bundle"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["rootfs"], "nothing but the rootfs in the bundle");
+}
+
+#[test]
+fn zero_layer_image_gives_an_empty_rootfs() {
+    let prefix = Prefix::new();
+    let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/oci/empty");
+    let index = fs::read_to_string(layout.join("index.json")).unwrap();
+    let tag = if index.contains("\"latest\"") {
+        "latest"
+    } else {
+        "empty"
+    };
+    let reference = format!("oci:{}:{tag}", layout.display());
+    let rootfs =
+        prepare_oci_rootfs(&reference, &prefix.path, &prefix.join("pkg"), None, None).unwrap();
+    assert!(rootfs.is_dir());
+    assert_eq!(fs::read_dir(&rootfs).unwrap().count(), 0);
+}
+
+#[test]
+fn invalid_and_unsupported_references_fail_before_any_fetch() {
+    let prefix = Prefix::new();
+    let package = prefix.join("pkg");
+    let cache = prefix.join("cache");
+    for (reference, normalized) in [
+        ("::not-a-reference", "docker://::not-a-reference"),
+        ("docker://::not-a-reference", "docker://::not-a-reference"),
+        ("dir:/tmp/x", "dir:/tmp/x"),
+        ("docker-archive:/tmp/x.tar", "docker-archive:/tmp/x.tar"),
+        ("oci-archive:/tmp/x.tar", "oci-archive:/tmp/x.tar"),
+        ("containers-storage:x", "containers-storage:x"),
+        ("docker-daemon:x:1", "docker-daemon:x:1"),
+        ("ftp://host/x", "ftp://host/x"),
+    ] {
+        for cache_root in [None, Some(cache.as_path())] {
+            let err = prepare_oci_rootfs(reference, &prefix.path, &package, cache_root, None)
+                .unwrap_err();
+            let top = err.to_string();
+            assert!(
+                top.starts_with(&format!("copy OCI image {normalized} into ")),
+                "{reference}: {top}"
+            );
+            assert!(format!("{err:#}").contains("failed"), "{err:#}");
+        }
+    }
+    // Refused before the cache is touched: no root, no entry.
+    assert!(!cache.exists());
+}
+
+#[test]
+fn unsupported_architecture_is_refused_before_any_fetch() {
+    let prefix = Prefix::new();
+    let package = prefix.join("pkg");
+    fs::create_dir_all(package.join("oci/bundle/rootfs")).unwrap();
+    let cache = prefix.join("cache");
+    // Nothing listens there: a fetch would fail with another message.
+    let reference = format!("127.0.0.1:{}/nothing:1", registry_support::free_port());
+    for arch in ["sparc", "ARM64", "x86", ""] {
+        let err = prepare_oci_rootfs(&reference, &prefix.path, &package, Some(&cache), Some(arch))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, format!("unsupported architecture {arch}"));
+    }
+    assert!(!cache.exists(), "the cache is not touched");
+    // Upstream's order: the old bundle is removed before the check.
+    assert!(!package.join("oci/bundle").exists());
+    assert!(package.join("oci").is_dir());
+}
+
+#[test]
+fn package_root_rules() {
+    let prefix = Prefix::new();
+    let Some(reference) = busybox_reference(&prefix.path, "package_root_rules") else {
+        return;
+    };
+    let elsewhere = tempfile::tempdir().unwrap();
+    let outside = elsewhere.path().canonicalize().unwrap().join("pkg");
+    let err = prepare_oci_rootfs(&reference, &prefix.path, &outside, None, None)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "OCI package root {} must live under runtime root prefix {}",
+            outside.display(),
+            prefix.path.display()
+        )
+    );
+    symlink(elsewhere.path(), prefix.join("linked")).unwrap();
+    let err = prepare_oci_rootfs(
+        &reference,
+        &prefix.path,
+        &prefix.join("linked/pkg"),
+        None,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("traverses a symlink"), "{err}");
+    assert!(!outside.exists(), "nothing created through the symlink");
+    let err = prepare_oci_rootfs(&reference, Path::new("/"), &prefix.join("pkg"), None, None)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "runtime root prefix must not be /");
+    let err = prepare_oci_rootfs(
+        &reference,
+        &prefix.join("missing"),
+        &prefix.join("pkg"),
+        None,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("failed to canonicalize runtime root prefix"),
+        "{err}"
+    );
+    let err = prepare_oci_rootfs(&reference, &prefix.path, Path::new("/"), None, None)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "container root must not be /");
+    let err = prepare_oci_rootfs(&reference, &prefix.path, Path::new("rel"), None, None)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "OCI package root must be absolute: rel");
+}
+
+#[test]
+fn cache_shape_reuse_and_offline() {
+    let test = "cache_shape_reuse_and_offline";
+    let prefix = Prefix::new();
+    let Some(reference) = busybox_reference(&prefix.path, test) else {
+        return;
+    };
+    let Some(registry) = Registry::start(test) else {
+        return;
+    };
+    let layout = prefix.join("busybox");
+    registry.push(&layout, "latest", "tools/busybox", false);
+    let bare = format!("{}/tools/busybox:latest", registry.addr);
+    let normalized = format!("docker://{bare}");
+    let cache = prefix.join("cache");
+
+    let first =
+        prepare_oci_rootfs(&bare, &prefix.path, &prefix.join("a"), Some(&cache), None).unwrap();
+    assert_busybox_rootfs(&first, &prefix.join("a"));
+    let system = format!("{normalized}\narch=system");
+    assert_eq!(
+        cache_entries(&cache),
+        [(sha256_hex(&system), system.clone())]
+    );
+    assert!(
+        !prefix.join("a/oci/layout").exists(),
+        "no package layout with a cache"
+    );
+    let entry = cache.join(sha256_hex(&system));
+    let index = fs::read_to_string(entry.join("layout/index.json")).unwrap();
+    assert!(
+        index.contains(r#""org.opencontainers.image.ref.name":"image""#),
+        "{index}"
+    );
+    let inode = fs::metadata(entry.join("layout/index.json")).unwrap().ino();
+
+    // The explicit host architecture is a separate entry.
+    prepare_oci_rootfs(
+        &normalized,
+        &prefix.path,
+        &prefix.join("b"),
+        Some(&cache),
+        Some("x86_64"),
+    )
+    .unwrap();
+    let amd64 = format!("{normalized}\narch=amd64");
+    let mut expected = vec![
+        (sha256_hex(&system), system.clone()),
+        (sha256_hex(&amd64), amd64),
+    ];
+    expected.sort();
+    assert_eq!(cache_entries(&cache), expected);
+
+    // Offline: the registry is gone; cached entries still work, from any
+    // package root, without being refilled.
+    drop(registry);
+    let offline =
+        prepare_oci_rootfs(&bare, &prefix.path, &prefix.join("c"), Some(&cache), None).unwrap();
+    assert_busybox_rootfs(&offline, &prefix.join("c"));
+    assert_eq!(
+        fs::metadata(entry.join("layout/index.json")).unwrap().ino(),
+        inode
+    );
+    let err = prepare_oci_rootfs(&bare, &prefix.path, &prefix.join("d"), None, None).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("copy OCI image {normalized} into ")),
+        "{err:#}"
+    );
+
+    // A stale entry (reference.txt differs) is refilled, here from a layout.
+    fs::write(entry.join("reference.txt"), "something else").unwrap();
+    let err =
+        prepare_oci_rootfs(&bare, &prefix.path, &prefix.join("e"), Some(&cache), None).unwrap_err();
+    assert!(err.to_string().starts_with("copy OCI image"), "{err:#}");
+    assert_eq!(
+        fs::read_dir(&entry).unwrap().count(),
+        0,
+        "a failed refill leaves an empty entry"
+    );
+    let _ = reference;
+}
+
+#[test]
+fn concurrent_callers_share_one_cache_entry() {
+    let test = "concurrent_callers_share_one_cache_entry";
+    let prefix = Prefix::new();
+    if busybox_reference(&prefix.path, test).is_none() {
+        return;
+    }
+    let Some(registry) = Registry::start(test) else {
+        return;
+    };
+    registry.push(&prefix.join("busybox"), "latest", "busybox", false);
+    let reference = format!("{}/busybox:latest", registry.addr);
+    let cache = prefix.join("cache");
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let (reference, prefix, cache) = (&reference, &prefix, &cache);
+                scope.spawn(move || {
+                    prepare_oci_rootfs(
+                        reference,
+                        &prefix.path,
+                        &prefix.join(&format!("pkg{i}")),
+                        Some(cache),
+                        None,
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, result) in results.into_iter().enumerate() {
+        let rootfs = result.unwrap_or_else(|e| panic!("caller {i}: {e:#}"));
+        assert_busybox_rootfs(&rootfs, &prefix.join(&format!("pkg{i}")));
+    }
+    assert_eq!(cache_entries(&cache).len(), 1);
+    registry_support::assert_blobs_verified(
+        &cache
+            .join(sha256_hex(&format!("docker://{reference}\narch=system")))
+            .join("layout"),
+    );
+}
+
+#[test]
+fn concurrent_processes_share_one_cache_entry() {
+    // Threads share a process; the lock is an flock, so check processes
+    // too: the metalor binary cannot call prepare_oci_rootfs, so this test
+    // re-runs its own test binary as the second caller.
+    if let Ok(args) = std::env::var("METALOR_TEST_PREPARE_CHILD") {
+        let parts: Vec<&str> = args.split('\n').collect();
+        prepare_oci_rootfs(
+            parts[0],
+            Path::new(parts[1]),
+            Path::new(parts[2]),
+            Some(Path::new(parts[3])),
+            None,
+        )
+        .unwrap();
+        return;
+    }
+    let prefix = Prefix::new();
+    let Some(reference) =
+        busybox_reference(&prefix.path, "concurrent_processes_share_one_cache_entry")
+    else {
+        return;
+    };
+    let cache = prefix.join("cache");
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            let payload = format!(
+                "{reference}\n{}\n{}\n{}",
+                prefix.path.display(),
+                prefix.join(&format!("pkg{i}")).display(),
+                cache.display()
+            );
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "concurrent_processes_share_one_cache_entry",
+                    "--nocapture",
+                ])
+                .env("METALOR_TEST_PREPARE_CHILD", payload)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    for i in 0..3 {
+        assert_busybox_rootfs(
+            &prefix.join(&format!("pkg{i}/oci/bundle/rootfs")),
+            &prefix.join(&format!("pkg{i}")),
+        );
+    }
+    assert_eq!(cache_entries(&cache).len(), 1);
+}
