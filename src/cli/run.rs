@@ -99,9 +99,17 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     if args.privileged {
         reexec.env(ENV_KEEP_PRIVILEGES, "1");
     }
-    let status = reexec
-        .status()
-        .with_context(|| format!("failed to start {}", current_exe.display()))?;
+    let status = reexec.status().map_err(|e| {
+        // The pre_exec hook's only EINVAL is making `/` private where `/` is
+        // not a mount point (a plain chroot): say what to do about it.
+        let hint = if e.raw_os_error() == Some(libc::EINVAL) {
+            " (is / a mount point? metalor run makes / recursively private; \
+             under a plain chroot, bind-mount the root onto itself first)"
+        } else {
+            ""
+        };
+        anyhow::Error::new(e).context(format!("failed to start {}{hint}", current_exe.display()))
+    })?;
     Ok(status
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
