@@ -8,6 +8,8 @@
 //! image). Plain HTTP is used for loopback registries and, with
 //! `insecure`, for any registry.
 
+use std::io::Write;
+use std::os::fd::IntoRawFd;
 use std::sync::OnceLock;
 
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
@@ -36,6 +38,8 @@ impl Endpoint {
 
 /// Builds a client for `endpoint`. Never fails for lack of system CAs.
 pub(crate) fn build(endpoint: &Endpoint) -> Result<oci_client::Client, RegistryError> {
+    static CA_STORE: std::sync::Once = std::sync::Once::new();
+    CA_STORE.call_once(provide_ca_store_for_oci_client);
     // The process-wide default provider is what reqwest picks up; another
     // part of the program may already have installed one, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -100,6 +104,53 @@ fn system_roots() -> Vec<Certificate> {
     usable
 }
 
+/// Works around oci-client 0.18: `Client::try_from(ClientConfig)` ends its
+/// struct literal with `..Default::default()`, which also builds a throwaway
+/// `reqwest::Client::new()`. That one loads the host's CA store and panics
+/// when there is none (a static binary in an empty image), although the
+/// client metalor uses is given its own roots. So when the host has no CA
+/// store and `SSL_CERT_FILE`/`SSL_CERT_DIR` name none, the bundled Mozilla
+/// roots are written to a memfd and `SSL_CERT_FILE` names it through
+/// `/proc/self/fd`, for this process only (pull spawns nothing). It runs
+/// once, before the first client is built and before the pull starts any
+/// thread of its own; a caller with other threads reading the environment
+/// at that moment should set `SSL_CERT_FILE` itself beforehand.
+/// Trust is unchanged: metalor's client trusts the bundled roots anyway.
+fn provide_ca_store_for_oci_client() {
+    // `load_native_certs` honours SSL_CERT_FILE/SSL_CERT_DIR, so a variable
+    // that names nothing usable counts as no CA store, as it does for reqwest.
+    if !rustls_native_certs::load_native_certs().certs.is_empty() {
+        return;
+    }
+    let flags = rustix::fs::MemfdFlags::CLOEXEC;
+    let Ok(fd) = rustix::fs::memfd_create("metalor-ca-roots", flags) else {
+        return;
+    };
+    let mut file = std::fs::File::from(fd);
+    if file.write_all(bundled_roots_pem().as_bytes()).is_err() {
+        return;
+    }
+    // Kept open for the life of the process: the path below names it.
+    let fd = file.into_raw_fd();
+    std::env::set_var("SSL_CERT_FILE", format!("/proc/self/fd/{fd}"));
+}
+
+/// `webpki-root-certs` as a PEM bundle.
+fn bundled_roots_pem() -> String {
+    use base64::Engine as _;
+    let mut pem = String::new();
+    for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    pem
+}
+
 fn der(bytes: &[u8]) -> Certificate {
     Certificate {
         encoding: CertificateEncoding::Der,
@@ -135,5 +186,22 @@ mod tests {
             plain_http: true,
         };
         build(&local).unwrap();
+    }
+
+    #[test]
+    fn bundled_roots_survive_the_pem_round_trip() {
+        let pem = bundled_roots_pem();
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+        let parsed = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let bundled = webpki_root_certs::TLS_SERVER_ROOT_CERTS;
+        assert!(bundled.len() > 100);
+        assert_eq!(parsed.len(), bundled.len());
+        assert!(parsed
+            .iter()
+            .zip(bundled)
+            .all(|(a, b)| a.as_ref() == b.as_ref()));
     }
 }
