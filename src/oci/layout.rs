@@ -11,7 +11,6 @@
 //! Layer blobs are only located here; the unpacker streams and verifies
 //! them with [`DigestVerifier`](super::DigestVerifier).
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -21,6 +20,7 @@ use ocidir::OciDir;
 use serde::{Deserialize, Serialize};
 
 use super::digest::Digest;
+use super::document::{RawDescriptor, RawDocument};
 use super::error::OciError;
 use super::media::{self, Compression, DocumentKind};
 use super::platform::Platform;
@@ -79,77 +79,6 @@ pub struct LayerDescriptor {
     pub compression: Compression,
     /// Digest of the uncompressed tar, from the config's `rootfs.diff_ids`.
     pub diff_id: Digest,
-}
-
-/// A descriptor as written in JSON; digests stay text until checked so
-/// that a bad one yields a precise [`OciError::InvalidDigest`].
-#[derive(Debug, Deserialize)]
-struct RawDescriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    size: u64,
-    #[serde(default)]
-    platform: Option<RawPlatform>,
-    #[serde(default)]
-    annotations: BTreeMap<String, String>,
-}
-
-impl RawDescriptor {
-    /// The ref name annotation, if any.
-    fn ref_name(&self) -> Option<&str> {
-        self.annotations
-            .get(REF_NAME_ANNOTATION)
-            .map(String::as_str)
-    }
-}
-
-/// The platform object of an index entry.
-#[derive(Debug, Deserialize)]
-struct RawPlatform {
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    variant: Option<String>,
-}
-
-/// Any index or manifest. All fields are optional so that the shape can be
-/// checked explicitly (CVE-2021-41190) instead of by serde's guesswork.
-#[derive(Debug, Deserialize)]
-struct RawDocument {
-    #[serde(rename = "mediaType", default)]
-    media_type: Option<String>,
-    #[serde(default)]
-    manifests: Option<Vec<RawDescriptor>>,
-    #[serde(default)]
-    config: Option<RawDescriptor>,
-    #[serde(default)]
-    layers: Option<Vec<RawDescriptor>>,
-}
-
-impl RawDocument {
-    /// What the fields say the document is, whatever it claims.
-    fn shape(&self) -> Option<DocumentKind> {
-        if self.manifests.is_some() {
-            Some(DocumentKind::Index)
-        } else if self.config.is_some() {
-            Some(DocumentKind::Manifest)
-        } else {
-            None
-        }
-    }
-
-    /// Rejects a document readable as both kinds.
-    fn check_unambiguous(&self, name: &str) -> Result<(), OciError> {
-        if self.manifests.is_some() && (self.layers.is_some() || self.config.is_some()) {
-            return Err(OciError::AmbiguousDocument {
-                name: name.to_owned(),
-            });
-        }
-        Ok(())
-    }
 }
 
 /// The parts of an image config metalor needs.

@@ -11,6 +11,7 @@
 //! or digest, and what was expected and found.
 
 pub mod digest;
+mod document;
 pub mod error;
 pub mod layout;
 pub mod layout_write;

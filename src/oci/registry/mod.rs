@@ -26,7 +26,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use serde::Deserialize;
+
+use super::document::RawDocument;
 
 pub use auth::Credentials;
 pub use client::Endpoint;
@@ -182,40 +183,6 @@ fn block_on<F: Future>(future: F) -> Result<F::Output, RegistryError> {
 }
 
 /// A descriptor inside a served manifest or index.
-#[derive(Debug, Deserialize)]
-struct RawDescriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    size: u64,
-    #[serde(default)]
-    platform: Option<RawPlatform>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawPlatform {
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    variant: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawDocument {
-    #[serde(rename = "schemaVersion", default)]
-    schema_version: Option<u32>,
-    #[serde(rename = "mediaType", default)]
-    media_type: Option<String>,
-    #[serde(default)]
-    manifests: Option<Vec<RawDescriptor>>,
-    #[serde(default)]
-    config: Option<RawDescriptor>,
-    #[serde(default)]
-    layers: Option<Vec<RawDescriptor>>,
-}
-
 /// Parses a served document and decides what it is, refusing ambiguous
 /// ones (CVE-2021-41190) and ones whose type disagrees with the pointing
 /// descriptor.
