@@ -8,6 +8,7 @@ use std::cell::Cell;
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
 
 use rustix::fs::FileType;
 use rustix::io::Errno;
@@ -61,7 +62,7 @@ pub struct Applier<'r> {
     dir_times: Vec<(Vec<u8>, u64)>,
     /// The last parent directory resolved, by normalized path, with its
     /// identity.
-    parent_cache: Option<(Vec<u8>, OwnedFd, DirId)>,
+    parent_cache: Option<(Vec<u8>, Rc<OwnedFd>, DirId)>,
     buffer: Box<[u8]>,
 }
 
@@ -231,6 +232,17 @@ impl<'r> Applier<'r> {
             .unwrap())
     }
 
+    /// The cached parent directory as a shared handle, for handlers that
+    /// call back into the applier while they hold it (no `dup` per entry).
+    fn parent_dir(&mut self, parent: &[u8]) -> Result<Rc<OwnedFd>, UnpackError> {
+        self.cache_parent(parent)?;
+        Ok(self
+            .parent_cache
+            .as_ref()
+            .map(|(_, fd, _)| Rc::clone(fd))
+            .unwrap())
+    }
+
     /// The identity of the directory `parent` resolves to.
     fn parent_id(&mut self, parent: &[u8]) -> Result<DirId, UnpackError> {
         self.cache_parent(parent)?;
@@ -242,7 +254,7 @@ impl<'r> Applier<'r> {
         if !hit {
             let fd = self.resolve_or_create_dir(parent)?;
             let id = dir_id(fd.as_fd()).map_err(|e| io_error("stat directory", parent, e))?;
-            self.parent_cache = Some((parent.to_vec(), fd, id));
+            self.parent_cache = Some((parent.to_vec(), Rc::new(fd), id));
         }
         Ok(())
     }
@@ -330,10 +342,7 @@ impl<'r> Applier<'r> {
             Err(e) if e.raw_os_error() == Some(Errno::EXIST.raw_os_error()) => {}
             Err(e) => return Err(io_error("create", path, e)),
         }
-        let dir = self
-            .parent_fd(parent)?
-            .try_clone_to_owned()
-            .map_err(|e| io_error("create", path, e))?;
+        let dir = self.parent_dir(parent)?;
         self.clear_slot(dir.as_fd(), name, path)?;
         self.parent_cache = None;
         fsops::create_file_at(dir.as_fd(), name).map_err(|e| io_error("create", path, e))
@@ -388,10 +397,7 @@ impl<'r> Applier<'r> {
         path: &[u8],
     ) -> Result<(), UnpackError> {
         let (parent, name) = path::split_parent(path);
-        let dir = self
-            .parent_fd(parent)?
-            .try_clone_to_owned()
-            .map_err(|e| io_error("mkdir", path, e))?;
+        let dir = self.parent_dir(parent)?;
         match fsops::mkdir_at(dir.as_fd(), name, 0o700) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(Errno::EXIST.raw_os_error()) => {
@@ -444,10 +450,7 @@ impl<'r> Applier<'r> {
             .ok_or_else(|| hostile(path, "symlink without a target"))?
             .into_owned();
         let (parent, name) = path::split_parent(path);
-        let dir = self
-            .parent_fd(parent)?
-            .try_clone_to_owned()
-            .map_err(|e| io_error("symlink", path, e))?;
+        let dir = self.parent_dir(parent)?;
         if let Err(e) = fsops::symlink_at(dir.as_fd(), name, &target) {
             if e.raw_os_error() != Some(Errno::EXIST.raw_os_error()) {
                 return Err(io_error("symlink", path, e));
@@ -540,10 +543,7 @@ impl<'r> Applier<'r> {
             Some(_) => {}
         }
         let (parent, name) = path::split_parent(path);
-        let dir = self
-            .parent_fd(parent)?
-            .try_clone_to_owned()
-            .map_err(|e| io_error("hardlink", path, e))?;
+        let dir = self.parent_dir(parent)?;
         if let Err(e) = fsops::link_at(src_dir.as_fd(), tname, dir.as_fd(), name) {
             if e.raw_os_error() != Some(Errno::EXIST.raw_os_error()) {
                 return Err(io_error("hardlink", path, e));
@@ -578,10 +578,7 @@ impl<'r> Applier<'r> {
         let mode = header.mode().map_err(UnpackError::Stream)?;
         let mtime = header.mtime().map_err(UnpackError::Stream)?;
         let (parent, name) = path::split_parent(path);
-        let dir = self
-            .parent_fd(parent)?
-            .try_clone_to_owned()
-            .map_err(|e| io_error("mknod", path, e))?;
+        let dir = self.parent_dir(parent)?;
         self.clear_slot(dir.as_fd(), name, path)?;
         self.parent_cache = None;
         fsops::mknod_at(dir.as_fd(), name, kind, mode, dev)
