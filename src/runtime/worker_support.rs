@@ -329,6 +329,24 @@ fn create_parent(path: &Path) -> Result<()> {
 }
 
 /// Removes whatever is at `path` without following a symlink there.
+/// Whether a workspace seed archive is gzipped, by its suffix as upstream
+/// decides: `.tar.gz` and `.tgz` are, `.tar` is not, anything else is an
+/// error.
+pub(crate) fn workspace_archive_is_gzipped(archive: &Path) -> Result<bool> {
+    let name = archive
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or_default();
+    let gzipped = name.ends_with(".tar.gz") || name.ends_with(".tgz");
+    if !gzipped && !name.ends_with(".tar") {
+        bail!(
+            "unsupported workspace archive format {} (expected .tar, .tar.gz, or .tgz)",
+            archive.display()
+        );
+    }
+    Ok(gzipped)
+}
+
 pub(crate) fn remove_path_if_exists(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(metadata) if metadata.is_dir() => fs::remove_dir_all(path),
@@ -388,17 +406,7 @@ mod seed_archive {
     /// Unpacks `archive` into `workspace`, which sits `depth` directories
     /// below the job root.
     pub(super) fn unpack(archive: &Path, workspace: &Path, depth: usize) -> Result<()> {
-        let name = archive
-            .file_name()
-            .and_then(|name| name.to_str())
-            .unwrap_or_default();
-        let gzipped = name.ends_with(".tar.gz") || name.ends_with(".tgz");
-        if !gzipped && !name.ends_with(".tar") {
-            bail!(
-                "unsupported workspace archive format {} (expected .tar, .tar.gz, or .tgz)",
-                archive.display()
-            );
-        }
+        let gzipped = super::workspace_archive_is_gzipped(archive)?;
         let file = fs::File::open(archive)
             .with_context(|| format!("failed to open workspace archive {}", archive.display()))?;
         let unpacker = Unpacker {

@@ -31,7 +31,9 @@ use super::validate::{
     validate_host_absolute,
 };
 use super::{BindMount, ContainerRunCommand, LinuxNamespaceBackend};
-use crate::runtime::worker_support::{copy_directory_entries, copy_path, remove_path_if_exists};
+use crate::runtime::worker_support::{
+    copy_directory_entries, copy_path, remove_path_if_exists, workspace_archive_is_gzipped,
+};
 use crate::runtime::{
     build_cell_request_path, write_build_cell_request, BuildCellResult, BuildCellSpec,
     CleanupPolicy, NetworkPolicy, WorkspaceSeed,
@@ -302,17 +304,7 @@ fn seed_from_directory(seed: &Path, workspace: &Path) -> Result<()> {
 /// hardlink can reach outside the workspace. Member names are checked
 /// first, with upstream's message for a rooted or `..` name.
 fn seed_from_archive(archive: &Path, workspace: &Path) -> Result<()> {
-    let name = archive
-        .file_name()
-        .and_then(|name| name.to_str())
-        .unwrap_or_default();
-    let gzipped = name.ends_with(".tar.gz") || name.ends_with(".tgz");
-    if !gzipped && !name.ends_with(".tar") {
-        bail!(
-            "unsupported workspace archive format {} (expected .tar, .tar.gz, or .tgz)",
-            archive.display()
-        );
-    }
+    let gzipped = workspace_archive_is_gzipped(archive)?;
     let open = || -> Result<Box<dyn Read>> {
         let file = fs::File::open(archive)
             .with_context(|| format!("failed to open workspace archive {}", archive.display()))?;
