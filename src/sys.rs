@@ -48,13 +48,15 @@ impl MapLine {
 pub(crate) struct NamespacePlan {
     flags: libc::c_int,
     maps: Option<(MapLine, MapLine)>,
+    signal_as_exit_code: bool,
 }
 
 impl NamespacePlan {
     /// Mount, PID, UTS and IPC namespaces; plus a user namespace that maps
     /// root to the caller's effective ids when `rootless`; plus a network
-    /// namespace when `disable_network`.
-    pub(crate) fn new(rootless: bool, disable_network: bool) -> Self {
+    /// namespace when `disable_network`. The waiting parent re-raises the
+    /// child's fatal signal, or with `signal_as_exit_code` exits 128+N.
+    pub(crate) fn new(rootless: bool, disable_network: bool, signal_as_exit_code: bool) -> Self {
         let mut flags =
             libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
         if disable_network {
@@ -66,7 +68,11 @@ impl NamespacePlan {
             let gid = rustix::process::getegid().as_raw();
             (MapLine::root_to(uid), MapLine::root_to(gid))
         });
-        Self { flags, maps }
+        Self {
+            flags,
+            maps,
+            signal_as_exit_code,
+        }
     }
 }
 
@@ -146,8 +152,9 @@ fn wait_for(pid: libc::pid_t) -> io::Result<libc::c_int> {
 }
 
 /// The intermediate process after the fork: wait for the child (PID 1 of
-/// the new PID namespace), then leave the same way it did. Never returns.
-fn wait_and_mirror(child: libc::pid_t) -> ! {
+/// the new PID namespace), then leave the same way it did, or with 128+N
+/// for signal N when `signal_as_exit_code`. Never returns.
+fn wait_and_mirror(child: libc::pid_t, signal_as_exit_code: bool) -> ! {
     // The std spawn machinery keeps an error-report pipe open until every
     // holder execs or exits. This process does neither until the container
     // ends, so drop every inherited descriptor above stdio, or `spawn()`
@@ -163,6 +170,10 @@ fn wait_and_mirror(child: libc::pid_t) -> ! {
     if libc::WIFEXITED(status) {
         // SAFETY: as above.
         unsafe { libc::_exit(libc::WEXITSTATUS(status)) };
+    }
+    if libc::WIFSIGNALED(status) && signal_as_exit_code {
+        // SAFETY: as above.
+        unsafe { libc::_exit(128 + libc::WTERMSIG(status)) };
     }
     if libc::WIFSIGNALED(status) {
         let signal = libc::WTERMSIG(status);
@@ -185,7 +196,8 @@ fn wait_and_mirror(child: libc::pid_t) -> ! {
 /// The body of the re-exec's `pre_exec` hook: enter the namespaces, then
 /// fork so the exec'd program is PID 1 of the new PID namespace, while this
 /// process waits and mirrors its exit. Async-signal-safe; runs between
-/// `fork` and `exec` in the child of `Command::spawn`.
+/// `fork` and `exec` in the child of `Command::spawn`, or in the caller
+/// itself under `Command::exec`, which then becomes the waiting process.
 fn namespace_hook(plan: &NamespacePlan) -> io::Result<()> {
     enter_namespaces(plan)?;
     // A pidfd of this process, inherited by the child, tells it whether
@@ -202,7 +214,7 @@ fn namespace_hook(plan: &NamespacePlan) -> io::Result<()> {
         return Err(last_error());
     }
     if pid > 0 {
-        wait_and_mirror(pid);
+        wait_and_mirror(pid, plan.signal_as_exit_code);
     }
     // The container must not outlive the process its caller holds: when the
     // caller kills that process, the kernel kills this one, and with it

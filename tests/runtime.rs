@@ -8,7 +8,7 @@ mod runtime_support;
 
 use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use metalor::runtime::{
@@ -257,7 +257,7 @@ fn symlinked_root_is_refused_before_anything_is_created_beyond_it() {
 }
 
 #[test]
-fn sentinel_is_written_once_and_never_through_a_symlink() {
+fn sentinel_is_written_when_needed_and_never_through_a_symlink() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().canonicalize().unwrap();
     let root = prefix.join("a/b/root");
@@ -273,6 +273,31 @@ fn sentinel_is_written_once_and_never_through_a_symlink() {
         fs::read(&sentinel).unwrap(),
         prefix.as_os_str().as_encoded_bytes()
     );
+    let rebuild = || {
+        build_unshare_reexec_command(
+            Path::new("/proc/self/exe"),
+            "inner",
+            &prefix,
+            &command(&root),
+        )
+        .unwrap()
+    };
+    // Already right: left alone, not rewritten (same inode).
+    let inode = fs::metadata(&sentinel).unwrap().ino();
+    rebuild();
+    assert_eq!(fs::metadata(&sentinel).unwrap().ino(), inode);
+    // Wrong, or right with trailing bytes: replaced.
+    for stale in [
+        b"/elsewhere".to_vec(),
+        [prefix.as_os_str().as_encoded_bytes(), b"x"].concat(),
+    ] {
+        fs::write(&sentinel, &stale).unwrap();
+        rebuild();
+        assert_eq!(
+            fs::read(&sentinel).unwrap(),
+            prefix.as_os_str().as_encoded_bytes()
+        );
+    }
 
     fs::remove_file(&sentinel).unwrap();
     let victim = prefix.join("victim");
@@ -465,7 +490,8 @@ fn library_reexec_runs_the_payload_in_private_namespaces() {
             Some(3),
             "{backend:?}: {out} {output:?}"
         );
-        assert_eq!(out, "2 1\n", "{backend:?}: the runner is PID 1");
+        // The binary's hidden verb execs the payload: it is PID 1.
+        assert_eq!(out, "1 0\n", "{backend:?}: the payload is PID 1");
     }
 }
 

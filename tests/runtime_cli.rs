@@ -5,7 +5,9 @@
 mod runtime_support;
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::symlink;
+use std::process::{Command, Stdio};
 
 use runtime_support::{
     host_mounts_under, metalor, ok_stdout, run_in, skip_or_fail, stderr, stdout, Fixture,
@@ -25,24 +27,59 @@ fn echo_runs_and_exit_codes_propagate() {
         stderr(&out)
     );
 
-    let out = run_in(&fx.rootfs, &[], &["sh", "-c", "kill -TERM $$"]);
+    // A process inside that dies of a signal: its shell reports 128+N.
+    // (`; exit $?` keeps busybox from exec'ing the inner shell as PID 1.)
+    let out = run_in(
+        &fx.rootfs,
+        &[],
+        &["sh", "-c", "sh -c 'kill -TERM $$'; exit $?"],
+    );
     assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));
-    let out = run_in(&fx.rootfs, &[], &["sh", "-c", "kill -KILL $$"]);
-    assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
 }
 
 #[test]
-fn runner_is_pid_one_and_the_payload_its_child() {
+fn a_payload_killed_by_a_signal_exits_128_plus_n() {
+    let Some(fx) = Fixture::new() else { return };
+    let mut child = metalor()
+        .arg("run")
+        .arg("--rootfs")
+        .arg(&fx.rootfs)
+        .args(["--", "sh", "-c", "echo ready; exec sleep 30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn metalor");
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready, "ready\n");
+    // `metalor run` itself waits for the payload, its only child. As PID 1
+    // of its namespace the payload ignores signals it has no handler for,
+    // except SIGKILL sent from outside.
+    let pid = child.id();
+    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let payload: i32 = children.trim().parse().expect("one child");
+    // kill(1) from the host, as a user would.
+    let killed = Command::new("kill")
+        .args(["-KILL", &payload.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(137), "{status:?}");
+}
+
+#[test]
+fn the_payload_is_pid_one() {
     let Some(fx) = Fixture::new() else { return };
     let out = run_in(
         &fx.rootfs,
         &[],
         &["sh", "-c", "echo $$ $PPID; set -- /proc/[0-9]*; echo $*"],
     );
-    // PID 1 is the inner runner (upstream's shape: `unshare --fork` then
-    // the consumer's hidden verb); the payload is PID 2, and nothing of the
-    // host's process tree is visible.
-    assert_eq!(ok_stdout(&out), "2 1\n/proc/1 /proc/2\n");
+    // The runner execs the payload (as `unshare --fork chroot` does), so it
+    // is PID 1, and nothing of the host's process tree is visible.
+    assert_eq!(ok_stdout(&out), "1 0\n/proc/1\n");
 }
 
 #[test]
@@ -344,7 +381,7 @@ fn rootless_backend_end_to_end() {
     let text = ok_stdout(&out);
     let words: Vec<&str> = text.split_whitespace().collect();
     assert_eq!(&words[..3], ["0", euid.as_str(), "1"], "{text}");
-    assert!(text.ends_with("2 1\nro-refused\n1\n"), "{text}");
+    assert!(text.ends_with("1 0\nro-refused\n1\n"), "{text}");
     assert_eq!(fs::read_to_string(rw.join("out")).unwrap(), "yes\n");
     assert!(
         host_mounts_under(&fx.rootfs).is_empty(),

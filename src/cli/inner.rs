@@ -24,14 +24,18 @@ pub struct InnerArgs {
     args: Vec<OsString>,
 }
 
-/// Runs the payload; returns its exit code (128+N for signal N), or 1 with
-/// the error printed when the run itself failed.
+/// Runs the payload in place of this process. Returns only when the run
+/// failed before the payload started (or, with an emulator, the payload's
+/// exit code: 128+N for signal N).
 pub fn run(args: &InnerArgs) -> Result<i32> {
     let (command, disable_network) = parse_trailing_args(&args.args)?;
     let mut options = RunOptions::default();
     options.disable_network = disable_network;
     options.mount_host_network_config = !disable_network;
     options.restrict_privileges = std::env::var_os(ENV_KEEP_PRIVILEGES).is_none();
+    // The payload replaces this process (it becomes PID 1), and the
+    // re-exec's waiting parent passes its status on.
+    options.exec_payload = true;
     match run_isolated_container_command_with_options(&command, &options) {
         Ok(()) => Ok(0),
         Err(err) => match err.downcast_ref::<ContainerExit>() {

@@ -52,7 +52,7 @@ pub fn main() -> i32 {
         Verb::Unpack(args) => unpack::run(args).map(|()| 0),
         Verb::Inspect(args) => inspect::run(args).map(|()| 0),
         Verb::Pull(args) => pull::run(args).map(|()| 0),
-        Verb::Run(args) => run::run(args),
+        Verb::Run(args) => run::run(args).map(|never| match never {}),
         Verb::InnerRun(args) => inner::run(args),
         Verb::InnerBuildCell(args) => inner_build_cell::run(args),
     };

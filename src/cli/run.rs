@@ -7,7 +7,8 @@
 //! command inside the namespaces.
 #![forbid(unsafe_code)]
 
-use std::os::unix::process::ExitStatusExt;
+use std::convert::Infallible;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -50,8 +51,10 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
-/// Runs the command and returns its exit code (128+N for signal N).
-pub fn run(args: &RunArgs) -> Result<i32> {
+/// Runs the command in place of this process, which then exits with the
+/// payload's code (128+N for signal N). Returns only when the run could not
+/// start.
+pub fn run(args: &RunArgs) -> Result<Infallible> {
     let disable_network = match args.net.as_deref() {
         None => false,
         Some("none") => true,
@@ -88,6 +91,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let options = ReexecOptions {
         backend,
         disable_network,
+        signal_as_exit_code: true,
     };
     let mut reexec = build_unshare_reexec_command_with_options(
         &current_exe,
@@ -99,21 +103,19 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     if args.privileged {
         reexec.env(ENV_KEEP_PRIVILEGES, "1");
     }
-    let status = reexec.status().map_err(|e| {
-        // The pre_exec hook's only EINVAL is making `/` private where `/` is
-        // not a mount point (a plain chroot): say what to do about it.
-        let hint = if e.raw_os_error() == Some(libc::EINVAL) {
-            " (is / a mount point? metalor run makes / recursively private; \
-             under a plain chroot, bind-mount the root onto itself first)"
-        } else {
-            ""
-        };
-        anyhow::Error::new(e).context(format!("failed to start {}{hint}", current_exe.display()))
-    })?;
-    Ok(status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(1))
+    // This process enters the namespaces itself and becomes the waiting
+    // parent that exits with the payload's code: no extra fork, and killing
+    // it takes the whole container down.
+    let err = reexec.exec();
+    // The pre_exec hook's only EINVAL is making `/` private where `/` is
+    // not a mount point (a plain chroot): say what to do about it.
+    let hint = if err.raw_os_error() == Some(libc::EINVAL) {
+        " (is / a mount point? metalor run makes / recursively private; \
+         under a plain chroot, bind-mount the root onto itself first)"
+    } else {
+        ""
+    };
+    Err(anyhow::Error::new(err).context(format!("failed to start {}{hint}", current_exe.display())))
 }
 
 /// The canonical parent of the rootfs is the prefix; the root is spelled

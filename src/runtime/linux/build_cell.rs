@@ -92,6 +92,7 @@ pub fn build_cell_reexec_command_with_backend(
     let options = ReexecOptions {
         backend,
         disable_network,
+        signal_as_exit_code: false,
     };
     let mut command = private_namespace_command(current_exe, subcommand, &prefix, options)?;
     let mut args: Vec<OsString> = Vec::with_capacity(3);

@@ -157,7 +157,9 @@ pub(crate) fn prepare_runtime_root(root: &Path, prefix: &Path) -> Result<PathBuf
 }
 
 /// Creates or overwrites the sentinel through the root's fd, never through
-/// a symlink.
+/// a symlink. A sentinel that already holds the prefix is left alone: the
+/// result is the same, and a run on a prepared root then writes nothing
+/// (on ext4 the rename below would flush the new file to disk).
 fn write_sentinel(root: &OwnedFd, path: &Path, prefix: &Path) -> Result<()> {
     let name = OsStr::new(ROOT_SENTINEL);
     match open_entry(root, name).with_context(|| format!("failed to inspect {}", path.display()))? {
@@ -170,6 +172,9 @@ fn write_sentinel(root: &OwnedFd, path: &Path, prefix: &Path) -> Result<()> {
             let kind = FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode);
             if kind != FileType::RegularFile {
                 bail!("runtime root sentinel {} must be a file", path.display());
+            }
+            if holds_exactly(root, name, prefix.as_os_str().as_bytes()) {
+                return Ok(());
             }
         }
         Entry::Missing => {}
@@ -194,6 +199,23 @@ fn write_sentinel(root: &OwnedFd, path: &Path, prefix: &Path) -> Result<()> {
         let _ = rustix::fs::unlinkat(root, temp.as_str(), rustix::fs::AtFlags::empty());
     }
     written.with_context(failed)
+}
+
+/// Whether the regular file `name` in `dir` holds exactly `expected`; any
+/// failure to tell counts as no.
+fn holds_exactly(dir: &OwnedFd, name: &OsStr, expected: &[u8]) -> bool {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let Ok(fd) = rustix::fs::openat(dir, name, flags, Mode::empty()) else {
+        return false;
+    };
+    // One byte more than expected tells a longer file apart.
+    let mut content = Vec::with_capacity(expected.len() + 1);
+    let file = fs::File::from(fd);
+    let read = std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, expected.len() as u64 + 1),
+        &mut content,
+    );
+    read.is_ok() && content == expected
 }
 
 /// Reads the sentinel for the inner check without following a symlink.

@@ -41,6 +41,13 @@ pub struct RunOptions {
     /// Drop every capability outside Docker's default set from the
     /// payload's bounding set, and set no_new_privs. Upstream does neither.
     pub restrict_privileges: bool,
+    /// Replace the runner with the payload (`execve`) instead of spawning
+    /// it and waiting, as `unshare --fork chroot` does: the payload becomes
+    /// PID 1 of the namespace, its exit status reaches the re-exec's waiting
+    /// parent unchanged, and a fork is saved. The call then only returns on
+    /// error. Ignored when an emulator is set, whose binfmt rule must be
+    /// unregistered after the payload ends.
+    pub exec_payload: bool,
 }
 
 impl Default for RunOptions {
@@ -50,6 +57,7 @@ impl Default for RunOptions {
             limits: ResourceLimits::default(),
             disable_network: false,
             restrict_privileges: false,
+            exec_payload: false,
         }
     }
 }
@@ -170,24 +178,36 @@ pub(crate) fn run_phase(
     }
     enter_root(root, &command.cwd)?;
     let Some(rule) = binfmt else {
-        return start_payload(command, options);
+        return start_payload(command, options, options.exec_payload);
     };
     let registered = rule.register()?;
-    let outcome = start_payload(command, options);
+    let outcome = start_payload(command, options, false);
     // Always unregister; when both fail, the payload's error is the one
     // that matters.
     let unregistered = registered.unregister();
     outcome.and(unregistered)
 }
 
-/// Limits, privilege narrowing and descriptor hygiene, then the payload.
-fn start_payload(command: &ContainerRunCommand, options: &RunOptions) -> Result<()> {
+/// Limits, privilege narrowing and descriptor hygiene, then the payload:
+/// in place of this process when `in_place`, else as its child.
+fn start_payload(
+    command: &ContainerRunCommand,
+    options: &RunOptions,
+    in_place: bool,
+) -> Result<()> {
     apply_limits(&options.limits)?;
     if options.restrict_privileges {
         restrict_privileges()?;
     }
     sys::cloexec_above_stderr().context("failed to mark inherited descriptors close-on-exec")?;
-    spawn_payload(command)
+    let mut payload = payload_command(command);
+    if in_place {
+        use std::os::unix::process::CommandExt;
+        let err = payload.exec();
+        return Err(err).with_context(|| spawn_failure(command));
+    }
+    let status = payload.status().with_context(|| spawn_failure(command))?;
+    check_exit(command, status)
 }
 
 /// Mounts binfmt_misc at `<root>/proc/sys/fs/binfmt_misc` (inside the
@@ -337,14 +357,24 @@ fn restrict_privileges() -> Result<()> {
     Ok(())
 }
 
-fn spawn_payload(command: &ContainerRunCommand) -> Result<()> {
-    let executable = &command.executable;
-    let status = Command::new(executable)
+/// The payload with exactly the requested environment; a bare name is
+/// looked up on that environment's `PATH` inside the root.
+fn payload_command(command: &ContainerRunCommand) -> Command {
+    let mut payload = Command::new(&command.executable);
+    payload
         .args(&command.argv)
         .env_clear()
-        .envs(command.env.iter().map(|(k, v)| (k, v)))
-        .status()
-        .with_context(|| format!("failed to spawn container command {executable}"))?;
+        .envs(command.env.iter().map(|(k, v)| (k, v)));
+    payload
+}
+
+fn spawn_failure(command: &ContainerRunCommand) -> String {
+    format!("failed to spawn container command {}", command.executable)
+}
+
+/// Upstream's exit handling: success, or a [`ContainerExit`] error.
+fn check_exit(command: &ContainerRunCommand, status: ExitStatus) -> Result<()> {
+    let executable = &command.executable;
     if status.success() {
         return Ok(());
     }
@@ -360,4 +390,45 @@ fn spawn_payload(command: &ContainerRunCommand) -> Result<()> {
         },
     };
     Err(exit.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    fn sh() -> ContainerRunCommand {
+        ContainerRunCommand {
+            root: PathBuf::from("/srv/root"),
+            cwd: "/".into(),
+            mounts: Vec::new(),
+            env: Vec::new(),
+            emulator: None,
+            executable: "sh".into(),
+            argv: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn payload_failures_read_as_upstreams_messages() {
+        assert!(check_exit(&sh(), ExitStatus::from_raw(0)).is_ok());
+
+        let err = check_exit(&sh(), ExitStatus::from_raw(3 << 8)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "container command sh exited with status exit status: 3"
+        );
+        assert_eq!(err.downcast_ref::<ContainerExit>().unwrap().exit_code(), 3);
+
+        let err = check_exit(&sh(), ExitStatus::from_raw(libc::SIGTERM)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "container command sh terminated by signal 15"
+        );
+        assert_eq!(
+            err.downcast_ref::<ContainerExit>().unwrap().exit_code(),
+            143
+        );
+    }
 }

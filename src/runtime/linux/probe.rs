@@ -18,7 +18,7 @@ pub fn probe_rootless_userns(disable_network: bool) -> LinuxNamespaceProbe {
     if let Some(probe) = slot {
         return probe.clone();
     }
-    let outcome = sys::probe_namespaces(sys::NamespacePlan::new(true, disable_network));
+    let outcome = sys::probe_namespaces(sys::NamespacePlan::new(true, disable_network, false));
     let probe = LinuxNamespaceProbe {
         backend: LinuxNamespaceBackend::RootlessUser,
         disable_network,

@@ -32,6 +32,11 @@ pub struct ReexecOptions {
     /// Add a network namespace (only `lo`). `--net` then precedes the
     /// trailing args so the inner side knows to bring `lo` up.
     pub disable_network: bool,
+    /// When the re-executed child dies of signal N, the process the caller
+    /// holds exits with 128+N instead of re-raising N on itself. A command
+    /// line that `exec`s the returned `Command` wants this: its own caller
+    /// then sees the shell's exit code convention.
+    pub signal_as_exit_code: bool,
 }
 
 /// The privileged re-exec: [`build_unshare_reexec_command_with_backend`]
@@ -65,6 +70,7 @@ pub fn build_unshare_reexec_command_with_backend(
     let options = ReexecOptions {
         backend,
         disable_network: false,
+        signal_as_exit_code: false,
     };
     build_unshare_reexec_command_with_options(
         current_exe,
@@ -113,7 +119,11 @@ pub(crate) fn private_namespace_command(
         .env(ENV_RUNTIME_ROOT_PREFIX, prefix)
         .env(ENV_PARENT_MOUNT_NS, parent_ns);
     let rootless = options.backend == LinuxNamespaceBackend::RootlessUser;
-    let plan = sys::NamespacePlan::new(rootless, options.disable_network);
+    let plan = sys::NamespacePlan::new(
+        rootless,
+        options.disable_network,
+        options.signal_as_exit_code,
+    );
     sys::install_namespace_hook(&mut reexec, plan);
     Ok(reexec)
 }
