@@ -17,18 +17,11 @@ pub const INNER_RUN_VERB: &str = "__inner-run";
 /// Set by `metalor run --privileged`: keep every capability.
 pub const ENV_KEEP_PRIVILEGES: &str = "METALOR_RUN_KEEP_PRIVILEGES";
 
-/// Arguments of the hidden verb: upstream's trailing args, unparsed by clap.
-#[derive(clap::Args, Debug)]
-pub struct InnerArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
-    args: Vec<OsString>,
-}
-
 /// Runs the payload in place of this process. Returns only when the run
 /// failed before the payload started (or, with an emulator, the payload's
 /// exit code: 128+N for signal N).
-pub fn run(args: &InnerArgs) -> Result<i32> {
-    let (command, disable_network) = parse_trailing_args(&args.args)?;
+pub fn run(args: &[OsString]) -> Result<i32> {
+    let (command, disable_network) = parse_trailing_args(args)?;
     let mut options = RunOptions::default();
     options.disable_network = disable_network;
     options.mount_host_network_config = !disable_network;

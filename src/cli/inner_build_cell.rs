@@ -11,17 +11,13 @@ use anyhow::{bail, Context, Result};
 use metalor::runtime::linux::{ContainerExit, BUILD_CELL_REQUEST_ARG};
 use metalor::{read_build_cell_request, run_build_cell};
 
-/// Arguments of the hidden verb, unparsed by clap.
-#[derive(clap::Args, Debug)]
-pub struct InnerBuildCellArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
-    args: Vec<OsString>,
-}
+/// The subcommand name a build-cell re-exec runs.
+pub const INNER_BUILD_CELL_VERB: &str = "__inner-build-cell";
 
 /// Runs the cell's command; returns its exit code (128+N for signal N).
-pub fn run(args: &InnerBuildCellArgs) -> Result<i32> {
+pub fn run(args: &[OsString]) -> Result<i32> {
     let mut request: Option<PathBuf> = None;
-    let mut iter = args.args.iter();
+    let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         if arg == "--net" {
             // The request's network policy decides; the flag only mirrors it.

@@ -9,6 +9,9 @@ mod pull;
 mod run;
 mod unpack;
 
+use std::ffi::OsString;
+
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 /// OCI image pull, unpack and namespace execution with a pure-Rust runtime.
@@ -29,32 +32,41 @@ enum Verb {
     Inspect(inspect::InspectArgs),
     /// Run a command inside a rootfs, in private namespaces.
     Run(run::RunArgs),
-    /// Internal: the re-executed side of `metalor run`.
-    #[command(name = "__inner-run", hide = true)]
-    InnerRun(inner::InnerArgs),
-    /// Internal: the re-executed side of a build cell.
-    #[command(name = "__inner-build-cell", hide = true)]
-    InnerBuildCell(inner_build_cell::InnerBuildCellArgs),
 }
+
+/// A hidden verb: its arguments after the verb name, to its exit code.
+type HiddenVerb = fn(&[OsString]) -> Result<i32>;
 
 /// Parses the command line, runs the verb and returns the process exit code:
 /// 0 on success, 1 on a runtime error, 2 on a usage error.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(err) => {
-            let code = if err.use_stderr() { 2 } else { 0 };
-            let _ = err.print();
-            return code;
-        }
+    let args: Vec<OsString> = std::env::args_os().collect();
+    // The hidden verbs that the re-execs run take upstream's trailing args
+    // as they are. They bypass clap, which would add nothing there but
+    // start-up time, paid on every `metalor run`.
+    let hidden: Option<HiddenVerb> = match args.get(1).and_then(|verb| verb.to_str()) {
+        Some(inner::INNER_RUN_VERB) => Some(inner::run),
+        Some(inner_build_cell::INNER_BUILD_CELL_VERB) => Some(inner_build_cell::run),
+        _ => None,
     };
-    let result = match &cli.verb {
-        Verb::Unpack(args) => unpack::run(args).map(|()| 0),
-        Verb::Inspect(args) => inspect::run(args).map(|()| 0),
-        Verb::Pull(args) => pull::run(args).map(|()| 0),
-        Verb::Run(args) => run::run(args).map(|never| match never {}),
-        Verb::InnerRun(args) => inner::run(args),
-        Verb::InnerBuildCell(args) => inner_build_cell::run(args),
+    let result = match hidden {
+        Some(verb) => verb(&args[2..]),
+        None => {
+            let cli = match Cli::try_parse_from(args) {
+                Ok(cli) => cli,
+                Err(err) => {
+                    let code = if err.use_stderr() { 2 } else { 0 };
+                    let _ = err.print();
+                    return code;
+                }
+            };
+            match &cli.verb {
+                Verb::Unpack(args) => unpack::run(args).map(|()| 0),
+                Verb::Inspect(args) => inspect::run(args).map(|()| 0),
+                Verb::Pull(args) => pull::run(args).map(|()| 0),
+                Verb::Run(args) => run::run(args).map(|never| match never {}),
+            }
+        }
     };
     match result {
         Ok(code) => code,
