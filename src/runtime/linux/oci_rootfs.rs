@@ -273,6 +273,7 @@ fn unpack_image(layout: &Path, platform: &Platform, rootfs: &Path) -> Result<()>
             digest: layer.digest.to_string(),
             size: layer.size,
             diff_id: layer.diff_id.to_string(),
+            blob_verified: false,
         });
     }
     unpack_layers_into(rootfs, layers, UnpackOptions::default(), &mut |_, _| {})?;
