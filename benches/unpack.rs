@@ -260,6 +260,7 @@ impl Blob {
             digest: self.digest.clone(),
             size: self.bytes.len() as u64,
             diff_id: self.diff_id.clone(),
+            blob_verified: false,
         }
     }
 }

@@ -2,8 +2,10 @@
 //! from a real registry (Debian's `docker-registry` on 127.0.0.1), the
 //! package-root rules, reference normalization and its error prefix, the
 //! architecture check before any fetch, the cache's exact shape, reuse
-//! across package roots and offline, and concurrent callers on one cache
-//! entry.
+//! across package roots and offline, concurrent callers on one cache
+//! entry, and the overlap of download and unpack: layer 1 is applied while
+//! the last layer is held back by a proxy, and a later layer that fails to
+//! download leaves nothing behind.
 
 #[path = "../vendor-tests/support/mod.rs"]
 mod support;
@@ -16,11 +18,15 @@ mod build_cell_support;
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use build_cell_support::{busybox_reference, Prefix};
 use metalor::prepare_oci_rootfs;
-use registry_support::Registry;
+use registry_support::{Fault, FaultProxy, Registry};
 use sha2::{Digest as _, Sha256};
+use support::fixtures::{self, Compression, Image, Layer};
 
 fn sha256_hex(text: &str) -> String {
     Sha256::digest(text.as_bytes())
@@ -405,4 +411,196 @@ fn concurrent_processes_share_one_cache_entry() {
         );
     }
     assert_eq!(cache_entries(&cache).len(), 1);
+}
+
+// ------------------------------------------------- download/unpack overlap
+
+/// The last entry of the first layer: once it exists in the staging
+/// rootfs, layer 1 has been applied.
+const FIRST_LAYER_DONE: &str = "one/done";
+
+/// A three-layer gzip image (skopeo pushes gzip blobs as they are) whose
+/// later layers change what the first one wrote, so applying them out of
+/// order would show. Returns the layout (tag `latest`) and the last
+/// layer's digest.
+fn three_layer_layout(dir: &Path) -> (PathBuf, String) {
+    let noise: Vec<u8> = (0..300_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let layers = [
+        Layer::new()
+            .dir("one", 0o755)
+            .file("one/replaced", 0o644, b"layer 1\n")
+            .file("one/removed", 0o644, b"layer 1\n")
+            .file("one/big", 0o644, &noise)
+            .dir("usr", 0o755)
+            .dir("usr/bin", 0o755)
+            .symlink("bin", "usr/bin")
+            .file(FIRST_LAYER_DONE, 0o644, b"1\n"),
+        Layer::new()
+            .dir("one", 0o755)
+            .file("one/replaced", 0o600, b"layer 2\n")
+            .whiteout("one/removed")
+            .file("two", 0o644, b"layer 2\n"),
+        Layer::new()
+            .dir("bin", 0o755)
+            .file("bin/tool", 0o755, b"#!/bin/sh\n")
+            .file("three", 0o644, &noise[..1000]),
+    ];
+    let image = Image::new("latest", Compression::Gzip, &layers).unwrap();
+    let layout = dir.join("three-layers");
+    fixtures::write_layout(&layout, &[image]).unwrap();
+    let manifest = registry_support::ref_digest(&layout, "latest");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(layout.join("blobs/sha256").join(&manifest[7..])).unwrap(),
+    )
+    .unwrap();
+    let last = manifest["layers"][2]["digest"].as_str().unwrap().to_owned();
+    (layout, last)
+}
+
+/// Whether `rel` exists in a staging rootfs under `bundle` (the unpacker's
+/// `.rootfs.metalor-staging-*`, renamed to `rootfs` only when complete).
+fn staged(bundle: &Path, rel: &str) -> bool {
+    fs::read_dir(bundle).is_ok_and(|entries| {
+        entries.flatten().any(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".rootfs.metalor-staging-")
+                && entry.path().join(rel).exists()
+        })
+    })
+}
+
+/// A proxy to `registry` that holds the request for `layer` back until
+/// layer 1 shows in a staging rootfs under `bundle`, then answers it with
+/// `fault`. The flag tells whether layer 1 showed while the layer was
+/// held. A sequential pull-then-unpack never shows it; the wait gives up
+/// after 20 s (under the client's read timeout) so that such a run ends.
+fn hold_back(
+    registry: &Registry,
+    layer: &str,
+    bundle: PathBuf,
+    fault: Fault,
+) -> (FaultProxy, Arc<AtomicBool>) {
+    let applied_first = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&applied_first);
+    let path = format!("/blobs/{layer}");
+    let proxy = FaultProxy::start(&registry.addr, move |seen, _| {
+        if !seen.line.contains(&path) {
+            return Fault::None;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if staged(&bundle, FIRST_LAYER_DONE) {
+                flag.store(true, Ordering::SeqCst);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        fault.clone()
+    });
+    (proxy, applied_first)
+}
+
+#[test]
+fn layer_one_is_applied_while_the_last_layer_downloads() {
+    let test = "layer_one_is_applied_while_the_last_layer_downloads";
+    let prefix = Prefix::new();
+    let Some(registry) = Registry::start(test) else {
+        return;
+    };
+    let (layout, last) = three_layer_layout(&prefix.path);
+    registry.push(&layout, "latest", "overlap", false);
+    let package = prefix.join("pkg");
+    let (proxy, applied_first) =
+        hold_back(&registry, &last, package.join("oci/bundle"), Fault::None);
+    let reference = format!("{}/overlap:latest", proxy.addr);
+    let cache = prefix.join("cache");
+    let prepared = prepare_oci_rootfs(&reference, &prefix.path, &package, Some(&cache), None);
+    assert!(
+        applied_first.load(Ordering::SeqCst),
+        "layer 1 was not applied while the last layer's blob was held back: \
+         the unpack does not overlap the download"
+    );
+    let rootfs = prepared.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(proxy.blob_requests().len(), 4, "config and three layers");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("one/replaced")).unwrap(),
+        "layer 2\n"
+    );
+    assert!(!rootfs.join("one/removed").exists());
+    assert!(
+        rootfs.join("usr/bin/tool").is_file(),
+        "kept the bin -> usr/bin link"
+    );
+
+    // The same image unpacked one step after the other: by the CLI from the
+    // source layout, and by prepare_oci_rootfs from the (now complete)
+    // cache entry, offline.
+    let sequential = prefix.join("sequential");
+    support::metalor_unpack(&layout, "latest", &sequential);
+    support::assert_same_tree(
+        "overlapped unpack",
+        ("prepared", &rootfs),
+        ("cli", &sequential),
+    );
+    drop(proxy);
+    drop(registry);
+    let reused = prepare_oci_rootfs(
+        &reference,
+        &prefix.path,
+        &prefix.join("again"),
+        Some(&cache),
+        None,
+    )
+    .unwrap();
+    support::assert_same_tree("cache reuse", ("prepared", &rootfs), ("reused", &reused));
+    assert_eq!(cache_entries(&cache).len(), 1);
+}
+
+#[test]
+fn a_failed_later_layer_leaves_nothing_behind() {
+    let test = "a_failed_later_layer_leaves_nothing_behind";
+    let prefix = Prefix::new();
+    let Some(registry) = Registry::start(test) else {
+        return;
+    };
+    let (layout, last) = three_layer_layout(&prefix.path);
+    registry.push(&layout, "latest", "overlap", false);
+    // A corrupted blob fails its digest check; a 404 ends the pull at once.
+    for (fault, cached) in [(Fault::Corrupt, true), (Fault::Status(404), false)] {
+        let package = prefix.join(&format!("pkg-{cached}"));
+        let bundle = package.join("oci/bundle");
+        let (proxy, applied_first) = hold_back(&registry, &last, bundle.clone(), fault);
+        let reference = format!("{}/overlap:latest", proxy.addr);
+        let cache = prefix.join("cache");
+        let cache_root = cached.then_some(cache.as_path());
+        let err =
+            prepare_oci_rootfs(&reference, &prefix.path, &package, cache_root, None).unwrap_err();
+        assert!(
+            applied_first.load(Ordering::SeqCst),
+            "layer 1 was not being unpacked when the last layer failed"
+        );
+        let layout = match cached {
+            true => cache
+                .join(sha256_hex(&format!("docker://{reference}\narch=system")))
+                .join("layout"),
+            false => package.join("oci/layout"),
+        };
+        assert!(
+            err.to_string().starts_with(&format!(
+                "copy OCI image docker://{reference} into {} failed",
+                layout.display()
+            )),
+            "{err:#}"
+        );
+        assert!(format!("{err:#}").contains(&last[7..]), "{err:#}");
+        assert!(!bundle.exists(), "no bundle, no rootfs, no staging");
+        assert!(!layout.exists(), "no layout");
+        if cached {
+            let entry = layout.parent().unwrap();
+            assert_eq!(fs::read_dir(entry).unwrap().count(), 0, "an empty entry");
+            assert_eq!(fs::read_dir(&cache).unwrap().count(), 1, "only the entry");
+        }
+    }
 }

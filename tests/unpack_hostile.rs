@@ -10,7 +10,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 
 use common::*;
-use metalor::unpack::{UnpackError, UnpackOptions};
+use metalor::unpack::{LayerInput, UnpackError, UnpackOptions};
 
 fn one(tar: &Tar) -> Vec<Vec<u8>> {
     vec![tar.finish()]
@@ -523,6 +523,34 @@ fn diff_id_mismatch_fails_and_leaves_nothing() {
     for wrap in [Wrap::Plain, Wrap::Gzip, Wrap::Zstd] {
         let err = two_layers_second(Blob::new(&tar, wrap).wrong_diff_id());
         assert_mismatch(&err, "diff_id");
+    }
+}
+
+/// `blob_verified` (the caller pulled and verified the blob itself) only
+/// skips hashing the compressed bytes again: the size and the diff_id of
+/// the uncompressed stream are still checked.
+#[test]
+fn caller_verified_blobs_still_get_size_and_diff_id_checks() {
+    let verified = |blob: &Blob| LayerInput {
+        blob_verified: true,
+        ..blob.input()
+    };
+    let tar = Tar::new().file("f", &[5u8; 10_000]).finish();
+    for wrap in [Wrap::Plain, Wrap::Gzip, Wrap::Zstd] {
+        let blob = Blob::new(&tar, wrap);
+        let s = Scene::new();
+        s.unpack(vec![verified(&blob)]).unwrap();
+        assert_eq!(fs::read(s.target.join("f")).unwrap(), [5u8; 10_000]);
+        for (bad, what) in [
+            (blob.clone().wrong_diff_id(), "diff_id"),
+            (blob.clone().wrong_size(blob.size - 1), "blob size"),
+            (blob.clone().wrong_size(blob.size + 1), "blob size"),
+        ] {
+            let s = Scene::new();
+            let err = layer_error(s.unpack(vec![verified(&bad)]).unwrap_err());
+            assert_mismatch(&err, what);
+            s.assert_clean_failure();
+        }
     }
 }
 

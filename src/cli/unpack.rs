@@ -51,6 +51,7 @@ pub fn run(args: &UnpackArgs) -> anyhow::Result<()> {
             digest: layer.digest.to_string(),
             size: layer.size,
             diff_id: layer.diff_id.to_string(),
+            blob_verified: false,
         });
     }
     let options = UnpackOptions {

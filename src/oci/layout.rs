@@ -156,6 +156,36 @@ impl ImageLayout {
         self.assemble(manifest)
     }
 
+    /// The image a manifest describes while its layer blobs may still be
+    /// arriving (a pull is writing them): `bytes` must hash to `digest` and
+    /// the config must be in the layout. Every descriptor is checked as in
+    /// [`ImageLayout::resolve`], but not the layer blobs, which the
+    /// unpacker opens when the pull reports them and verifies as it reads.
+    pub fn resolve_manifest(
+        &self,
+        digest: &Digest,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<ResolvedImage, OciError> {
+        digest.verify_bytes(bytes, bytes.len() as u64)?;
+        let kind = DocumentKind::from_media_type(media_type)
+            .filter(|kind| *kind == DocumentKind::Manifest)
+            .ok_or_else(|| OciError::UnexpectedMediaType {
+                digest: digest.clone(),
+                media_type: media_type.to_owned(),
+                position: "pulled manifest",
+            })?;
+        let body: RawDocument = parse_json(bytes, "manifest", digest.as_str())?;
+        check_shape(digest, media_type, kind, &body)?;
+        self.image_of(Document {
+            digest: digest.clone(),
+            media_type: media_type.to_owned(),
+            kind,
+            bytes: bytes.to_vec(),
+            body,
+        })
+    }
+
     /// Opens a blob for streaming, without verifying it: the unpacker wraps
     /// the file in a [`DigestVerifier`](super::DigestVerifier) so that the
     /// blob is read only once.
@@ -463,8 +493,20 @@ impl ImageLayout {
         Ok((digest, bytes, config))
     }
 
-    /// Builds the final image from a verified manifest.
+    /// Builds the final image from a verified manifest and checks that
+    /// every layer blob is present with the promised size, so a broken
+    /// layout fails before unpacking starts.
     fn assemble(&self, manifest: Document) -> Result<ResolvedImage, OciError> {
+        let image = self.image_of(manifest)?;
+        for layer in &image.layers {
+            self.check_blob_size(&layer.digest, layer.size)?;
+        }
+        Ok(image)
+    }
+
+    /// The image a verified manifest describes, with its config read and
+    /// every layer descriptor checked; layer blobs are not looked at.
+    fn image_of(&self, manifest: Document) -> Result<ResolvedImage, OciError> {
         let (config_digest, config_bytes, config) = self.read_config(&manifest)?;
         let raw_layers = manifest.body.layers.as_deref().unwrap_or_default();
         if config.rootfs.diff_ids.len() != raw_layers.len() {
@@ -490,8 +532,7 @@ impl ImageLayout {
         })
     }
 
-    /// Checks one layer descriptor and that its blob is present with the
-    /// promised size, so a broken layout fails before unpacking starts.
+    /// Checks one layer descriptor and pairs it with its diff_id.
     fn layer(&self, raw: &RawDescriptor, diff_id: &str) -> Result<LayerDescriptor, OciError> {
         let digest = Digest::parse(&raw.digest)?;
         let compression = Compression::from_layer_media_type(&raw.media_type).ok_or_else(|| {
@@ -503,18 +544,6 @@ impl ImageLayout {
         digest.hasher()?;
         let diff_id = Digest::parse(diff_id)?;
         diff_id.hasher()?;
-        let file = self.open_blob(&digest)?;
-        let found = file
-            .metadata()
-            .map_err(|e| self.blob_error(&digest, e))?
-            .len();
-        if found != raw.size {
-            return Err(OciError::SizeMismatch {
-                digest,
-                expected: raw.size,
-                found,
-            });
-        }
         Ok(LayerDescriptor {
             digest,
             size: raw.size,
@@ -522,6 +551,23 @@ impl ImageLayout {
             compression,
             diff_id,
         })
+    }
+
+    /// Checks that a blob is present with the promised size.
+    fn check_blob_size(&self, digest: &Digest, size: u64) -> Result<(), OciError> {
+        let file = self.open_blob(digest)?;
+        let found = file
+            .metadata()
+            .map_err(|e| self.blob_error(digest, e))?
+            .len();
+        if found != size {
+            return Err(OciError::SizeMismatch {
+                digest: digest.clone(),
+                expected: size,
+                found,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -728,6 +774,40 @@ mod tests {
 
     fn digest_of(desc: &Value) -> Digest {
         Digest::parse(desc["digest"].as_str().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn resolves_a_manifest_whose_layer_blobs_are_still_arriving() {
+        let f = Fixture::new();
+        let manifest = f.image("amd64", None);
+        let digest = digest_of(&manifest);
+        let bytes = std::fs::read(f.blob_path(&digest)).unwrap();
+        let layout = ImageLayout::open(f.path()).unwrap();
+        let layers = layout
+            .resolve_manifest(&digest, media::OCI_MANIFEST, &bytes)
+            .unwrap()
+            .layers;
+        for layer in &layers {
+            std::fs::remove_file(f.blob_path(&layer.digest)).unwrap();
+        }
+        let pending = layout
+            .resolve_manifest(&digest, media::OCI_MANIFEST, &bytes)
+            .unwrap();
+        assert_eq!(pending.layers, layers);
+        assert_eq!(pending.manifest_bytes, bytes);
+        // A complete layout is still required by resolve.
+        f.write_index(vec![tagged(manifest, "a")]);
+        let err = f.resolve(Some("a"), "linux/amd64").unwrap_err();
+        assert!(matches!(err, OciError::MissingBlob { .. }), "{err}");
+        // The bytes must be the manifest's, and a manifest.
+        let err = layout
+            .resolve_manifest(&digest, media::OCI_MANIFEST, b"{}")
+            .unwrap_err();
+        assert!(matches!(err, OciError::DigestMismatch { .. }), "{err}");
+        let err = layout
+            .resolve_manifest(&digest, media::OCI_INDEX, &bytes)
+            .unwrap_err();
+        assert!(matches!(err, OciError::UnexpectedMediaType { .. }), "{err}");
     }
 
     #[test]

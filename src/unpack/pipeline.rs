@@ -32,6 +32,12 @@ pub struct LayerInput {
     pub size: u64,
     /// The uncompressed digest from the config's `rootfs.diff_ids`.
     pub diff_id: String,
+    /// The caller has just verified this blob's digest and size itself
+    /// (it wrote the blob into the layout moments ago, as a pull does), so
+    /// the compressed bytes are not hashed a second time; they are still
+    /// counted against `size`, and the diff_id of the uncompressed stream
+    /// is always checked. `false` for a blob read from an existing layout.
+    pub blob_verified: bool,
 }
 
 /// Decoder to applier.
@@ -233,7 +239,7 @@ fn decode_one(
     let diff = DigestCheck::parse(&layer.diff_id)?;
     let mut hashed = HashingReader {
         inner: layer.blob,
-        hasher: check.hasher(),
+        hasher: (!layer.blob_verified).then(|| check.hasher()),
         count: 0,
         limit: layer.size,
     };
@@ -257,14 +263,16 @@ fn decode_one(
             found: hashed.count.to_string(),
         });
     }
-    check.verify("blob digest", hashed.hasher)?;
+    if let Some(hasher) = hashed.hasher {
+        check.verify("blob digest", hasher)?;
+    }
     Ok(Some(diff_hashed))
 }
 
 /// Decodes the blob into chunks, then reads the blob to its end so the
-/// digest covers every byte. For an uncompressed blob whose diff_id is its
-/// digest, the blob check already covers the stream and the hasher is not
-/// used; otherwise the hasher gets every chunk. Returns whether it did, or
+/// digest and the size cover every byte. For an uncompressed blob whose
+/// diff_id is its digest, the blob check (ours, or the caller's for a blob
+/// it verified) already covers the stream and the hasher is not used; otherwise the hasher gets every chunk. Returns whether it did, or
 /// `None` if the applier hung up.
 fn stream_blob(
     hashed: &mut HashingReader,
@@ -321,11 +329,12 @@ fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Hashes and counts the compressed bytes; refuses to read past the
-/// declared size, so a lying size cannot make us read forever.
+/// Hashes (unless the caller already verified the blob) and counts the
+/// compressed bytes; refuses to read past the declared size, so a lying
+/// size cannot make us read forever.
 struct HashingReader {
     inner: Box<dyn Read + Send>,
-    hasher: Hasher,
+    hasher: Option<Hasher>,
     count: u64,
     limit: u64,
 }
@@ -340,7 +349,9 @@ impl Read for HashingReader {
                 format!("blob is larger than its declared size {}", self.limit),
             ));
         }
-        self.hasher.update(&buf[..n]);
+        if let Some(hasher) = self.hasher.as_mut() {
+            hasher.update(&buf[..n]);
+        }
         Ok(n)
     }
 }

@@ -321,6 +321,7 @@ impl Blob {
             digest: self.digest.clone(),
             size: self.size,
             diff_id: self.diff_id.clone(),
+            blob_verified: false,
         }
     }
 }

@@ -352,7 +352,8 @@ type Decide = dyn Fn(&Seen, usize) -> Fault + Send + Sync;
 
 /// A loopback HTTP/1.1 proxy in front of a registry that serves each
 /// request on its own connection and applies a [`Fault`] chosen by a
-/// callback (given the request and how many requests came before it).
+/// callback (given the request and how many requests came before it). The
+/// callback may block to hold a request back; other requests go on.
 pub struct FaultProxy {
     /// `127.0.0.1:PORT` to pull from.
     pub addr: String,
@@ -453,12 +454,14 @@ fn serve(
         range,
         authorization,
     };
-    let fault = {
+    // Decided outside the lock: a callback may hold one request back
+    // until something else has happened, while others go through.
+    let before = {
         let mut seen = seen.lock().unwrap();
-        let fault = decide(&request, seen.len());
-        seen.push(request);
-        fault
+        seen.push(request.clone());
+        seen.len() - 1
     };
+    let fault = decide(&request, before);
     if let Fault::Status(code) = fault {
         write!(
             client,

@@ -11,6 +11,10 @@
 //! match; the manifest is stored as the exact bytes served, after its
 //! blobs; `index.json` gets the ref last, under the layout lock.
 //!
+//! [`PullEvent`]s report each blob as it lands, so a caller can start on
+//! the layers before the pull ends (`prepare_oci_rootfs` applies layer 1
+//! while later layers still download).
+//!
 //! Only this module is async (`oci-client` on `tokio`); [`pull`] bridges it
 //! onto a current-thread runtime in one place, so callers stay synchronous.
 
@@ -40,7 +44,8 @@ use super::layout_write::{LayoutWriter, RefTarget};
 use super::{media, Digest, DocumentKind, ImageLayout, LayoutRef, OciError, Platform};
 use transfer::Session;
 
-/// Progress callbacks, for a CLI progress display.
+/// What a pull reports as it goes: for a progress display, or for a
+/// consumer that works on each blob as soon as it is in the layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PullEvent {
@@ -67,6 +72,18 @@ pub enum PullEvent {
         size: u64,
         /// Bytes transferred for it.
         fetched: u64,
+    },
+    /// The manifest being copied, verified, once its config blob is in
+    /// the layout (right after the config's `BlobDone`): enough to plan
+    /// the work on the layers, whose blobs may still be downloading. The
+    /// manifest itself is stored in the layout only at the end.
+    Manifest {
+        /// Its digest.
+        digest: Digest,
+        /// Its media type.
+        media_type: String,
+        /// The manifest exactly as served.
+        bytes: Arc<[u8]>,
     },
 }
 
@@ -231,7 +248,8 @@ fn classify(
     Ok((doc, shape, media_type))
 }
 
-/// A blob to copy: digest and size, from a manifest.
+/// The blobs to copy, config first, then the layers in order, each once:
+/// digest and size, from a manifest.
 fn blob_list(
     doc: &RawDocument,
     bad: &dyn Fn(String) -> RegistryError,
@@ -334,6 +352,12 @@ async fn pull_registry(
         reason,
     };
     let blobs = blob_list(&doc, &bad)?;
+    let config = blobs.first().map(|(config, _)| config.clone());
+    let manifest_event = PullEvent::Manifest {
+        digest: digest.clone(),
+        media_type: media_type.clone(),
+        bytes: bytes.as_slice().into(),
+    };
     let layout = LayoutWriter::create(dest).map_err(|e| RegistryError::layout(reference, e))?;
     let progress = options.progress.clone();
     if let Some(p) = &progress {
@@ -344,6 +368,7 @@ async fn pull_registry(
     }
     let session = &session;
     let layout_ref = &layout;
+    let (config, manifest_event) = (&config, &manifest_event);
     let mut downloads = futures_util::stream::iter(blobs.iter().cloned())
         .map(|(blob, size)| {
             let progress = progress.clone();
@@ -365,6 +390,9 @@ async fn pull_registry(
                         size,
                         fetched,
                     });
+                    if config.as_ref() == Some(&blob) {
+                        p(manifest_event);
+                    }
                 }
                 Ok::<u64, RegistryError>(fetched)
             }
@@ -435,9 +463,28 @@ fn copy_from_layout(
             blobs,
         });
     }
-    layout
-        .put_blob(&image.config_digest, &image.config_bytes)
+    let config_size = image.config_bytes.len() as u64;
+    let config_present = layout
+        .has_verified_blob(&image.config_digest, config_size)
         .map_err(wrap)?;
+    if !config_present {
+        layout
+            .put_blob(&image.config_digest, &image.config_bytes)
+            .map_err(wrap)?;
+        bytes_fetched += config_size;
+    }
+    if let Some(p) = &options.progress {
+        p(&PullEvent::BlobDone {
+            digest: image.config_digest.clone(),
+            size: config_size,
+            fetched: if config_present { 0 } else { config_size },
+        });
+        p(&PullEvent::Manifest {
+            digest: image.manifest_digest.clone(),
+            media_type: image.manifest_media_type.clone(),
+            bytes: image.manifest_bytes.as_slice().into(),
+        });
+    }
     for layer in &image.layers {
         let present = layout
             .has_verified_blob(&layer.digest, layer.size)

@@ -4,6 +4,14 @@
 //! unpack`; here the copy is [`crate::oci::registry::pull`] and the unpack
 //! is [`crate::unpack::unpack_layers_into`], both in-process.
 //!
+//! When the image is fetched, the two overlap: the pull reports each blob
+//! as it lands in the layout ([`PullEvent`]), and the unpacker, on its own
+//! thread, applies layer 1 as soon as its blob is in while later layers
+//! still download. Layers are applied strictly in manifest order; the
+//! config (for the diff_ids) comes first. A blob the pull has just
+//! verified is not hashed again, but every diff_id is checked. A reused
+//! cache entry is unpacked as it is, verifying every blob.
+//!
 //! Cache entries are `<cache>/<sha256(identity)>/{layout/, reference.txt}`
 //! and nothing else sits at the cache root. Concurrent callers serialize on
 //! an `flock` of the entry directory's own fd: a filler stages the layout
@@ -11,10 +19,12 @@
 //! never see half a layout, and an entry directory is never removed (a
 //! removed directory would orphan the lock).
 
-use std::fs;
-use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use anyhow::{bail, Context, Result};
 use rustix::fs::{flock, FlockOperation, Mode, OFlags};
@@ -23,8 +33,8 @@ use sha2::{Digest as _, Sha256};
 use super::host::{
     canonicalize_runtime_root_prefix, prepare_host_directory, prepare_runtime_workspace,
 };
-use crate::oci::registry::{pull, PullOptions, PullSource};
-use crate::oci::{oci_arch_name, ImageLayout, Platform};
+use crate::oci::registry::{pull, ProgressFn, PullEvent, PullOptions, PullSource};
+use crate::oci::{oci_arch_name, Digest, ImageLayout, LayoutWriter, Platform};
 use crate::runtime::worker_support::remove_path_if_exists;
 use crate::unpack::{unpack_layers_into, LayerInput, UnpackOptions};
 
@@ -83,26 +93,18 @@ pub fn prepare_oci_rootfs(
         source: &source,
         platform: &platform,
     };
-    let (layout, _entry_lock) = match cache_root {
-        Some(cache) => {
-            let (entry, lock) = cached_layout(cache, &copy, oci_arch)?;
-            (entry, Some(lock))
-        }
+    let bundle = Bundle {
+        path: &bundle,
+        platform: &platform,
+    };
+    match cache_root {
+        Some(cache) => cached_rootfs(cache, &copy, oci_arch, &bundle)?,
         None => {
             remove_if_exists(&destination)?;
-            copy.copy_into(&destination, &destination)?;
-            (destination, None)
+            copy.copy_and_unpack(&destination, &destination, &bundle, || Ok(()))?;
         }
-    };
-    fs::create_dir(&bundle).with_context(|| format!("failed to create {}", bundle.display()))?;
-    let rootfs = bundle.join("rootfs");
-    unpack_image(&layout, &platform, &rootfs).with_context(|| {
-        format!(
-            "unpack OCI image {} into {} failed",
-            layout.display(),
-            bundle.display()
-        )
-    })?;
+    }
+    let rootfs = bundle.rootfs();
     if !rootfs.is_dir() {
         bail!(
             "OCI image '{reference}' did not unpack to a rootfs at {}",
@@ -146,14 +148,16 @@ pub(crate) fn cache_key(identity: &str) -> String {
         .collect()
 }
 
-/// Returns the entry's layout, filled if it was missing or stale, and the
-/// entry lock, held shared so no filler replaces the layout while the
-/// caller unpacks from it.
-fn cached_layout(
+/// Unpacks the image from its cache entry, filling the entry first (and
+/// unpacking while it fills) when it is missing or stale. The entry lock is
+/// held exclusive while the entry is filled, then shared until the unpack
+/// is done, so that no filler replaces the layout while it is read.
+fn cached_rootfs(
     cache_root: &Path,
     copy: &Copy<'_>,
     oci_arch: Option<&str>,
-) -> Result<(PathBuf, OwnedFd)> {
+    bundle: &Bundle<'_>,
+) -> Result<()> {
     let root_fd = prepare_host_directory(cache_root, "OCI cache root")?;
     let identity = cache_identity(copy.normalized, oci_arch);
     let key = cache_key(&identity);
@@ -176,14 +180,17 @@ fn cached_layout(
     flock(&lock, FlockOperation::LockExclusive)
         .map_err(std::io::Error::from)
         .with_context(|| format!("failed to lock OCI cache entry {}", entry.display()))?;
-    let layout = entry.join("layout");
-    if !entry_is_current(&entry, &identity) {
-        refill_entry(&entry, &identity, copy)?;
+    let share = || {
+        flock(&lock, FlockOperation::LockShared)
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("failed to lock OCI cache entry {}", entry.display()))
+    };
+    if entry_is_current(&entry, &identity) {
+        share()?;
+        bundle.unpack_layout(&entry.join("layout"))
+    } else {
+        refill_entry(&entry, &identity, copy, bundle, share)
     }
-    flock(&lock, FlockOperation::LockShared)
-        .map_err(std::io::Error::from)
-        .with_context(|| format!("failed to lock OCI cache entry {}", entry.display()))?;
-    Ok((layout, lock))
 }
 
 /// Upstream's reuse rule: `layout/index.json` exists and `reference.txt`
@@ -193,10 +200,18 @@ fn entry_is_current(entry: &Path, identity: &str) -> bool {
         && fs::read(entry.join(REFERENCE_FILE)).is_ok_and(|bytes| bytes == identity.as_bytes())
 }
 
-/// Empties the entry (under its exclusive lock), copies the image into
-/// `layout.tmp`, renames it to `layout`, then writes `reference.txt` last,
-/// so an interrupted fill is never taken for a complete one.
-fn refill_entry(entry: &Path, identity: &str, copy: &Copy<'_>) -> Result<()> {
+/// Empties the entry (under its exclusive lock) and copies the image into
+/// `layout.tmp` while unpacking it into `bundle`. Once the copy is
+/// complete it renames the layout to `layout`, writes `reference.txt` last,
+/// so an interrupted fill is never taken for a complete one, and calls
+/// `share` (the unpack may still be going on).
+fn refill_entry(
+    entry: &Path,
+    identity: &str,
+    copy: &Copy<'_>,
+    bundle: &Bundle<'_>,
+    share: impl FnOnce() -> Result<()>,
+) -> Result<()> {
     let listing = fs::read_dir(entry)
         .with_context(|| format!("failed to read OCI cache entry {}", entry.display()))?;
     for child in listing {
@@ -206,8 +221,15 @@ fn refill_entry(entry: &Path, identity: &str, copy: &Copy<'_>) -> Result<()> {
     }
     let staging = entry.join(STAGING_LAYOUT);
     let layout = entry.join("layout");
-    copy.copy_into(&staging, &layout)?;
-    fs::rename(&staging, &layout).with_context(|| {
+    copy.copy_and_unpack(&staging, &layout, bundle, || {
+        commit_entry(entry, identity, &staging, &layout)?;
+        share()
+    })
+}
+
+/// Moves a complete staged layout into place, then writes `reference.txt`.
+fn commit_entry(entry: &Path, identity: &str, staging: &Path, layout: &Path) -> Result<()> {
+    fs::rename(staging, layout).with_context(|| {
         format!(
             "failed to move {} to {}",
             staging.display(),
@@ -242,12 +264,58 @@ struct Copy<'a> {
 }
 
 impl Copy<'_> {
-    /// Copies the image into the layout at `dir`, tagged `image`; errors
-    /// name `shown`, the layout's final path. A failed copy leaves no
-    /// partial layout behind.
-    fn copy_into(&self, dir: &Path, shown: &Path) -> Result<()> {
+    /// Copies the image into the layout at `dir` (errors name `shown`, the
+    /// layout's final path) and unpacks it into `bundle` at the same time:
+    /// each layer is applied, in manifest order, as soon as its blob is in.
+    /// `commit` runs once the copy is complete, while the unpack may still
+    /// be going on. A failed copy leaves neither the layout nor the bundle
+    /// behind, a failed commit no bundle (their error wins over the
+    /// unpack's, which they cause); a failed unpack after a good copy keeps
+    /// the layout, as a copy followed by an unpack would.
+    fn copy_and_unpack(
+        &self,
+        dir: &Path,
+        shown: &Path,
+        bundle: &Bundle<'_>,
+        commit: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        // The unpacker reads the layout through this directory handle, so
+        // `commit` may rename the directory under it.
+        let layout = LayoutWriter::create(dir)
+            .and_then(|_| ImageLayout::open(dir))
+            .with_context(|| copy_failed(self.normalized, shown));
+        let layout = match layout {
+            Ok(layout) => Arc::new(layout),
+            Err(err) => {
+                let _ = remove_if_exists(dir);
+                return Err(err);
+            }
+        };
+        bundle.create()?;
+        let arrivals = Arc::new(Arrivals::default());
+        let rootfs = bundle.rootfs();
+        let (copied, unpacked) = std::thread::scope(|scope| {
+            let unpacker = scope.spawn(|| unpack_arriving(&layout, &arrivals, &rootfs));
+            let copied = arrivals
+                .watch(|progress| self.copy_into(dir, shown, progress))
+                .and_then(|()| commit());
+            (copied, unpacker.join())
+        });
+        let unpacked = unpacked.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        if let Err(err) = copied {
+            let _ = remove_if_exists(bundle.path);
+            return Err(err);
+        }
+        unpacked.with_context(|| bundle.unpack_failed(shown))
+    }
+
+    /// Copies the image into the layout at `dir`, tagged `image`, telling
+    /// `progress` about each blob; errors name `shown`, the layout's final
+    /// path. A failed copy leaves no partial layout behind.
+    fn copy_into(&self, dir: &Path, shown: &Path, progress: ProgressFn) -> Result<()> {
         let options = PullOptions {
             platform: self.platform.clone(),
+            progress: Some(progress),
             ..PullOptions::default()
         };
         let result = pull(self.source, dir, IMAGE_REF, &options);
@@ -257,6 +325,210 @@ impl Copy<'_> {
         result
             .map(|_| ())
             .with_context(|| copy_failed(self.normalized, shown))
+    }
+}
+
+/// The bundle the image is unpacked into: `<pkg>/oci/bundle`, holding
+/// `rootfs`.
+struct Bundle<'a> {
+    path: &'a Path,
+    /// The platform to pick when a reused layout is resolved.
+    platform: &'a Platform,
+}
+
+impl Bundle<'_> {
+    fn rootfs(&self) -> PathBuf {
+        self.path.join("rootfs")
+    }
+
+    fn create(&self) -> Result<()> {
+        fs::create_dir(self.path)
+            .with_context(|| format!("failed to create {}", self.path.display()))
+    }
+
+    /// Upstream's error for a failed unpack of the layout at `layout`.
+    fn unpack_failed(&self, layout: &Path) -> String {
+        format!(
+            "unpack OCI image {} into {} failed",
+            layout.display(),
+            self.path.display()
+        )
+    }
+
+    /// Unpacks a complete layout (a reused cache entry).
+    fn unpack_layout(&self, layout: &Path) -> Result<()> {
+        self.create()?;
+        unpack_image(layout, self.platform, &self.rootfs())
+            .with_context(|| self.unpack_failed(layout))
+    }
+}
+
+/// Applies the image being copied into `layout` to a new `rootfs`, each
+/// layer as soon as the copy reports its blob, in manifest order.
+fn unpack_arriving(
+    layout: &Arc<ImageLayout>,
+    arrivals: &Arc<Arrivals>,
+    rootfs: &Path,
+) -> Result<()> {
+    let Some(manifest) = arrivals.wait_for(|arrived| arrived.manifest.clone()) else {
+        bail!("the copy ended before its manifest and config arrived");
+    };
+    let image = layout.resolve_manifest(&manifest.digest, &manifest.media_type, &manifest.bytes)?;
+    let layers = image
+        .layers
+        .iter()
+        .map(|layer| LayerInput {
+            blob: Box::new(ArrivingBlob {
+                layout: Arc::clone(layout),
+                arrivals: Arc::clone(arrivals),
+                digest: layer.digest.clone(),
+                file: None,
+            }),
+            digest: layer.digest.to_string(),
+            size: layer.size,
+            diff_id: layer.diff_id.to_string(),
+            // The copy verified digest and size before it reported the blob.
+            blob_verified: true,
+        })
+        .collect();
+    unpack_layers_into(rootfs, layers, UnpackOptions::default(), &mut |_, _| {})?;
+    Ok(())
+}
+
+/// What the copy has put in the layout so far, for the unpacker waiting
+/// on it.
+#[derive(Default)]
+struct Arrivals {
+    state: Mutex<Arrived>,
+    changed: Condvar,
+    /// Set when the copy failed, so that a layer being applied stops at
+    /// its next read instead of at its end.
+    failed: AtomicBool,
+}
+
+#[derive(Default)]
+struct Arrived {
+    manifest: Option<PulledManifest>,
+    /// Blobs in the layout, verified.
+    blobs: HashSet<Digest>,
+    /// The copy is over, done or failed: nothing more arrives.
+    ended: bool,
+}
+
+/// The manifest being copied, as the pull reported it.
+#[derive(Clone)]
+struct PulledManifest {
+    digest: Digest,
+    media_type: String,
+    bytes: Arc<[u8]>,
+}
+
+impl Arrivals {
+    /// Runs `copy` with a pull progress callback that records arrivals
+    /// here, then ends them, also when the copy unwinds, so the unpacker
+    /// never waits for a copy that is gone.
+    fn watch(self: &Arc<Self>, copy: impl FnOnce(ProgressFn) -> Result<()>) -> Result<()> {
+        let mut end = EndOfCopy {
+            arrivals: self,
+            copied: false,
+        };
+        let arrivals = Arc::clone(self);
+        let copied = copy(Arc::new(move |event| arrivals.record(event)));
+        end.copied = copied.is_ok();
+        copied
+    }
+
+    fn record(&self, event: &PullEvent) {
+        match event {
+            PullEvent::BlobDone { digest, .. } => self.update(|arrived| {
+                arrived.blobs.insert(digest.clone());
+            }),
+            PullEvent::Manifest {
+                digest,
+                media_type,
+                bytes,
+            } => self.update(|arrived| {
+                arrived.manifest = Some(PulledManifest {
+                    digest: digest.clone(),
+                    media_type: media_type.clone(),
+                    bytes: Arc::clone(bytes),
+                });
+            }),
+            _ => {}
+        }
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Arrived)) {
+        change(&mut self.lock());
+        self.changed.notify_all();
+    }
+
+    /// Waits until `ready` finds what it wants, or the copy is over
+    /// without it (`None`).
+    fn wait_for<T>(&self, ready: impl Fn(&Arrived) -> Option<T>) -> Option<T> {
+        let arrived = self
+            .changed
+            .wait_while(self.lock(), |arrived| {
+                !arrived.ended && ready(arrived).is_none()
+            })
+            .unwrap_or_else(PoisonError::into_inner);
+        ready(&arrived)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Arrived> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Ends the arrivals when dropped: after the copy, or while it unwinds.
+struct EndOfCopy<'a> {
+    arrivals: &'a Arrivals,
+    copied: bool,
+}
+
+impl Drop for EndOfCopy<'_> {
+    fn drop(&mut self) {
+        if !self.copied {
+            self.arrivals.failed.store(true, Ordering::Relaxed);
+        }
+        self.arrivals.update(|arrived| arrived.ended = true);
+    }
+}
+
+/// A layer blob the copy may still be downloading: the first read waits
+/// until the copy reports it in the layout, verified, then streams it.
+struct ArrivingBlob {
+    layout: Arc<ImageLayout>,
+    arrivals: Arc<Arrivals>,
+    digest: Digest,
+    file: Option<File>,
+}
+
+impl Read for ArrivingBlob {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.arrivals.failed.load(Ordering::Relaxed) {
+            return Err(io::Error::other("the copy failed"));
+        }
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => {
+                let arrived = self
+                    .arrivals
+                    .wait_for(|arrived| arrived.blobs.contains(&self.digest).then_some(()));
+                if arrived.is_none() {
+                    let digest = &self.digest;
+                    return Err(io::Error::other(format!(
+                        "the copy ended without blob {digest}"
+                    )));
+                }
+                let file = self
+                    .layout
+                    .open_blob(&self.digest)
+                    .map_err(io::Error::other)?;
+                self.file.insert(file)
+            }
+        };
+        file.read(buf)
     }
 }
 
@@ -273,6 +545,7 @@ fn unpack_image(layout: &Path, platform: &Platform, rootfs: &Path) -> Result<()>
             digest: layer.digest.to_string(),
             size: layer.size,
             diff_id: layer.diff_id.to_string(),
+            blob_verified: false,
         });
     }
     unpack_layers_into(rootfs, layers, UnpackOptions::default(), &mut |_, _| {})?;
