@@ -14,6 +14,8 @@
 # and end to end from a loopback docker-registry this script starts (127.0.0.1, a free port,
 # storage under $BENCH; the image is pushed once with skopeo, stopped at exit):
 #   metalor pull + metalor unpack                           gzip zstd
+#   prepare_oci_rootfs (examples/prepare_rootfs: the pull   gzip zstd
+#     and the unpack overlap, each blob is hashed once)
 #   skopeo copy + umoci unpack --rootless --keep-dirlinks   gzip
 #   peers oci-unpack (oci-unpack 0.2.0, pull + unpack)      gzip zstd
 # The peers run through benches/peers (bench-only drivers, built here with
@@ -25,7 +27,7 @@
 # the biggest single process), the 1-minute load average before and after each command
 # (every run is logged; the table shows the highest before and after over the runs), and
 # metalor's wall time and CPU divided by the tool's (<1: metalor is faster). The end-to-end
-# cases compare with metalor pull + unpack, the others with metalor unpack. CPU is the
+# cases compare with prepare_oci_rootfs, the others with metalor unpack. CPU is the
 # command's own (the registry serving it is not counted).
 #
 # Syscalls: after all timed runs, each case runs once more on tmpfs under `strace -f -c`
@@ -48,7 +50,8 @@
 #
 # Env: RUNS (3), BENCH (/tmp/metalor-bench), IMAGES ($BENCH/images), TOOLS (shared/tools
 # with make-images.sh), TMPFS_DIR (/dev/shm/metalor-compare), DISK_DIR ($BENCH/compare),
-# FILESYSTEMS ("tmpfs disk"), STRACE (1; 0 skips the traced runs), CARGO_TARGET_DIR.
+# FILESYSTEMS ("tmpfs disk"), STRACE (1; 0 skips the traced runs), ONLY (a regex of case
+# names to keep, e.g. ONLY='metalor.*|skopeo\+umoci'), CARGO_TARGET_DIR.
 # Results: stdout and $BENCH/results/.
 set -euo pipefail
 umask 022
@@ -101,9 +104,11 @@ fi
 
 command -v cargo >/dev/null || die "cargo not found"
 # Two builds, so metalor is the binary its users get (no features unified with the peers').
-log "cargo build --release; cargo build --release -p metalor-peers"
-(cd "$ROOT" && cargo build --release --quiet && cargo build --release --quiet -p metalor-peers)
+log "cargo build --release (metalor, examples/prepare_rootfs, benches/peers)"
+(cd "$ROOT" && cargo build --release --quiet && cargo build --release --quiet --example prepare_rootfs \
+  && cargo build --release --quiet -p metalor-peers)
 METALOR=${CARGO_TARGET_DIR:-$ROOT/target}/release/metalor
+PREPARE=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/prepare_rootfs
 PEERS=${CARGO_TARGET_DIR:-$ROOT/target}/release/peers
 [ -x "$METALOR" ] || die "no binary at $METALOR"
 [ -x "$PEERS" ] || die "no binary at $PEERS"
@@ -205,10 +210,18 @@ CASES=(
   "ocirender|plain|$PEERS ocirender $IMG:plain {T}"
   "metalor-pull|gzip|$METALOR pull -q docker://$REG/debian:gzip oci:{D}/layout:img && $METALOR unpack -q --image {D}/layout:img {T}"
   "metalor-pull|zstd|$METALOR pull -q docker://$REG/debian:zstd oci:{D}/layout:img && $METALOR unpack -q --image {D}/layout:img {T}"
+  "metalor-prepare|gzip|mkdir {T} && $PREPARE {T} $REG/debian:gzip >/dev/null"
+  "metalor-prepare|zstd|mkdir {T} && $PREPARE {T} $REG/debian:zstd >/dev/null"
   "skopeo+umoci|gzip|skopeo copy -q --src-tls-verify=false docker://$REG/debian:gzip oci:{D}/layout:img && umoci unpack --rootless --keep-dirlinks --image {D}/layout:img {T}"
   "oci-unpack|gzip|$PEERS oci-unpack $REG/debian:gzip {T}"
   "oci-unpack|zstd|$PEERS oci-unpack $REG/debian:zstd {T}"
 )
+if [ -n "${ONLY:-}" ]; then
+  kept=()
+  for c in "${CASES[@]}"; do [[ ${c%%|*} =~ ^($ONLY)$ ]] && kept+=("$c"); done
+  [ ${#kept[@]} -gt 0 ] || die "ONLY=$ONLY matches no case"
+  CASES=("${kept[@]}")
+fi
 label() {
   case $1 in
     metalor) echo "metalor unpack" ;;
@@ -218,14 +231,23 @@ label() {
     oci-image) echo "oci-image 0.1.0" ;;
     ocirender) echo "ocirender 0.3.0" ;;
     metalor-pull) echo "pull: metalor pull + unpack" ;;
+    metalor-prepare) echo "pull: prepare_oci_rootfs" ;;
     skopeo+umoci) echo "pull: skopeo copy + umoci unpack" ;;
     oci-unpack) echo "pull: oci-unpack 0.2.0" ;;
   esac
 }
-# The metalor case a tool is compared with: pulling tools with metalor pull + unpack.
-reference() { case $1 in metalor-pull | skopeo+umoci | oci-unpack) echo metalor-pull ;; *) echo metalor ;; esac; }
+# The metalor case a tool is compared with: pulling tools with prepare_oci_rootfs.
+reference() {
+  case $1 in metalor-pull | metalor-prepare | skopeo+umoci | oci-unpack) echo metalor-prepare ;; *) echo metalor ;; esac
+}
 # Where a case's rootfs ends up inside its target.
-rootfs_of() { case $1 in oci-unpack | umoci | skopeo+umoci) echo "$2/rootfs" ;; *) echo "$2" ;; esac; }
+rootfs_of() {
+  case $1 in
+    oci-unpack | umoci | skopeo+umoci) echo "$2/rootfs" ;;
+    metalor-prepare) echo "$2/pkg/oci/bundle/rootfs" ;;
+    *) echo "$2" ;;
+  esac
+}
 command_of() { local c=${3//\{T\}/$2}; echo "${c//\{D\}/$1}"; }
 
 # Path, type, mode, and a regular file's size or a symlink's target; not owners (umoci
@@ -362,7 +384,7 @@ done
 rm -f "$RAW.sorted"
 {
   echo
-  echo "wall/CPU: medians over RUNS (CPU = user + sys of the command and its children); peak RSS: max over runs (GNU time %M: the largest single process of a pipeline); load: the highest 1-minute load average seen before, and after, any run of the row; metalor / tool: metalor unpack's (for the pull rows, metalor pull + unpack's) median on the same fs and layer compression divided by the tool's (<1: metalor faster). Raw runs: $RAW"
+  echo "wall/CPU: medians over RUNS (CPU = user + sys of the command and its children); peak RSS: max over runs (GNU time %M: the largest single process of a pipeline); load: the highest 1-minute load average seen before, and after, any run of the row; metalor / tool: metalor unpack's (for the pull rows, prepare_oci_rootfs's) median on the same fs and layer compression divided by the tool's (<1: metalor faster). Raw runs: $RAW"
   if [[ " $FILESYSTEMS " == *" disk "* ]] && [ "$DISK_RUNS" -lt "$RUNS" ]; then
     echo "disk: $DISK_RUNS run(s), not $RUNS: room for only $DISK_RUNS round(s) of targets, which stay until the end (ext4 is 3-10x slower right after a big rm -rf)."
   fi
