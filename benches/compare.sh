@@ -19,8 +19,9 @@
 #   skopeo copy + umoci unpack --rootless --keep-dirlinks   gzip
 #   peers oci-unpack (oci-unpack 0.2.0, pull + unpack)      gzip zstd
 # The peers run through benches/peers (bench-only drivers, built here with
-# `cargo build --release -p metalor-peers`). None of them verifies a digest; metalor
-# verifies every blob digest and size and every diff_id.
+# `cargo build --release -p metalor-peers`). oci-unpack checks each blob's digest as it
+# downloads; none of the peers checks a diff_id, and oci-image and ocirender check no
+# digest at all. metalor verifies every blob digest and size and every diff_id.
 #
 # on tmpfs (/dev/shm) and on the disk under $BENCH (ext4 here). Reported per case: median
 # wall time over RUNS, min-max, CPU (user+sys, medians), peak RSS (max; for a pipeline
@@ -51,7 +52,8 @@
 # Env: RUNS (3), BENCH (/tmp/metalor-bench), IMAGES ($BENCH/images), TOOLS (shared/tools
 # with make-images.sh), TMPFS_DIR (/dev/shm/metalor-compare), DISK_DIR ($BENCH/compare),
 # FILESYSTEMS ("tmpfs disk"), STRACE (1; 0 skips the traced runs), ONLY (a regex of case
-# names to keep, e.g. ONLY='metalor.*|skopeo\+umoci'), CARGO_TARGET_DIR.
+# names to run besides the references metalor and metalor-prepare, e.g.
+# ONLY='tar|skopeo\+umoci'), CARGO_TARGET_DIR.
 # Results: stdout and $BENCH/results/.
 set -euo pipefail
 umask 022
@@ -217,8 +219,10 @@ CASES=(
   "oci-unpack|zstd|$PEERS oci-unpack $REG/debian:zstd {T}"
 )
 if [ -n "${ONLY:-}" ]; then
+  # The reference cases (metalor unpack, prepare_oci_rootfs) always run: every ratio
+  # and tree comparison needs them.
   kept=()
-  for c in "${CASES[@]}"; do [[ ${c%%|*} =~ ^($ONLY)$ ]] && kept+=("$c"); done
+  for c in "${CASES[@]}"; do [[ ${c%%|*} =~ ^(metalor|metalor-prepare|$ONLY)$ ]] && kept+=("$c"); done
   [ ${#kept[@]} -gt 0 ] || die "ONLY=$ONLY matches no case"
   CASES=("${kept[@]}")
 fi

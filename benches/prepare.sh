@@ -12,8 +12,10 @@
 # printing wall, user and system seconds and peak RSS (KiB) from
 # /usr/bin/time, and the load average before the run. PREPARE may list
 # several builds of the example (say, before and after a change) separated
-# by spaces; they take turns within each run. Needs: docker-registry,
-# skopeo, /usr/bin/time.
+# by spaces; they take turns within each run, and rows name them by path.
+# Each run follows the previous run's `rm -rf`, which slows the next
+# extraction on ext4 (see compare.sh), so compare builds with OUT on tmpfs
+# (OUT=/dev/shm). Needs: docker-registry, skopeo, /usr/bin/time, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=${1:-/tmp/metalor-bench/images/debian}
@@ -61,7 +63,7 @@ for tag in $TAGS; do
       sync
       load=$(cut -d' ' -f1 /proc/loadavg)
       t=$( { /usr/bin/time -f '%e %U %S %M' "$prepare" "$WORK/run" "$ADDR/bench:$tag" "$WORK/run/cache" >/dev/null; } 2>&1 | tail -1)
-      echo "$(basename "$prepare") $tag $run $t $load"
+      echo "$prepare $tag $run $t $load"
     done
   done
 done

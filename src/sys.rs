@@ -207,11 +207,19 @@ fn namespace_hook(plan: &NamespacePlan) -> io::Result<()> {
     let parent = unsafe {
         libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0 as libc::c_uint) as libc::c_int
     };
-    // SAFETY: the process is single-threaded here (the child of a fork),
-    // and both sides only make async-signal-safe calls before exec/_exit.
+    // SAFETY: both sides only make async-signal-safe calls before
+    // exec/_exit, which is all a fork of a possibly multithreaded process
+    // allows. (Under `Command::spawn` this is the single-threaded child of
+    // std's fork; under `Command::exec` it is the caller, which
+    // `ReexecOptions::signal_as_exit_code` documents must be single-threaded.)
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(last_error());
+        let err = last_error();
+        if parent >= 0 {
+            // SAFETY: `parent` was opened above and is closed exactly once.
+            unsafe { libc::close(parent) };
+        }
+        return Err(err);
     }
     if pid > 0 {
         wait_and_mirror(pid, plan.signal_as_exit_code);

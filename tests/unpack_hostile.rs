@@ -552,6 +552,21 @@ fn caller_verified_blobs_still_get_size_and_diff_id_checks() {
             s.assert_clean_failure();
         }
     }
+    // An uncompressed blob's diff_id is its digest: when the caller vouches
+    // for the blob, the bytes actually read are still hashed for the
+    // diff_id, so content that changed after the caller's check (same size,
+    // same claims) is caught.
+    let blob = Blob::new(&tar, Wrap::Plain);
+    let swapped = Tar::new().file("f", &[6u8; 10_000]).finish();
+    assert_eq!(swapped.len(), tar.len());
+    let tampered = Blob {
+        bytes: swapped,
+        ..blob.clone()
+    };
+    let s = Scene::new();
+    let err = layer_error(s.unpack(vec![verified(&tampered)]).unwrap_err());
+    assert_mismatch(&err, "diff_id");
+    s.assert_clean_failure();
 }
 
 #[test]

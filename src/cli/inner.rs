@@ -27,7 +27,9 @@ pub fn run(args: &[OsString]) -> Result<i32> {
     options.mount_host_network_config = !disable_network;
     options.restrict_privileges = std::env::var_os(ENV_KEEP_PRIVILEGES).is_none();
     // The payload replaces this process (it becomes PID 1), and the
-    // re-exec's waiting parent passes its status on.
+    // re-exec's waiting parent passes its status on: the exit code, or the
+    // signal (re-raised, or as 128+N when the re-exec was built with
+    // `signal_as_exit_code`, as `metalor run` builds it).
     options.exec_payload = true;
     match run_isolated_container_command_with_options(&command, &options) {
         Ok(()) => Ok(0),

@@ -107,8 +107,9 @@ pub fn run(args: &RunArgs) -> Result<Infallible> {
     // parent that exits with the payload's code: no extra fork, and killing
     // it takes the whole container down.
     let err = reexec.exec();
-    // The pre_exec hook's only EINVAL is making `/` private where `/` is
-    // not a mount point (a plain chroot): say what to do about it.
+    // This process is single-threaded, so the pre_exec hook's only EINVAL
+    // is making `/` private where `/` is not a mount point (a plain
+    // chroot): say what to do about it.
     let hint = if err.raw_os_error() == Some(libc::EINVAL) {
         " (is / a mount point? metalor run makes / recursively private; \
          under a plain chroot, bind-mount the root onto itself first)"

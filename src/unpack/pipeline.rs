@@ -271,9 +271,10 @@ fn decode_one(
 
 /// Decodes the blob into chunks, then reads the blob to its end so the
 /// digest and the size cover every byte. For an uncompressed blob whose
-/// diff_id is its digest, the blob check (ours, or the caller's for a blob
-/// it verified) already covers the stream and the hasher is not used; otherwise the hasher gets every chunk. Returns whether it did, or
-/// `None` if the applier hung up.
+/// diff_id is its digest, our blob check already covers the stream and the
+/// hasher is not used; otherwise (and always for a blob the caller
+/// verified, whose bytes we do not hash here) the hasher gets every chunk.
+/// Returns whether it did, or `None` if the applier hung up.
 fn stream_blob(
     hashed: &mut HashingReader,
     check: &DigestCheck,
@@ -282,8 +283,9 @@ fn stream_blob(
     hash_tx: &SyncSender<HashMsg>,
     pool: &Receiver<Vec<u8>>,
 ) -> Result<Option<bool>, UnpackError> {
+    let blob_hashed_here = hashed.hasher.is_some();
     let (kind, rewound) = Rewound::sniff(&mut *hashed).map_err(UnpackError::Stream)?;
-    let hash = !(kind == Compression::None && *check == diff);
+    let hash = !(blob_hashed_here && kind == Compression::None && *check == diff);
     if hash && hash_tx.send(HashMsg::Start(diff)).is_err() {
         return Ok(None);
     }

@@ -1,6 +1,7 @@
 //! `peers`: unpack an OCI image with one of metalor's Rust peers, for
 //! `benches/compare.sh`. Each driver is the shortest honest use of the
-//! peer's public API, with its defaults; none of them verifies digests.
+//! peer's public API, with its defaults. oci-unpack checks blob digests as
+//! it downloads; none of them checks a diff_id.
 //!
 //!   peers oci-image  LAYOUT:TAG DEST       apply_layer_file per layer
 //!   peers ocirender  LAYOUT:TAG DEST       convert_streaming to a directory

@@ -201,13 +201,19 @@ fn write_sentinel(root: &OwnedFd, path: &Path, prefix: &Path) -> Result<()> {
     written.with_context(failed)
 }
 
-/// Whether the regular file `name` in `dir` holds exactly `expected`; any
-/// failure to tell counts as no.
+/// Whether `name` in `dir` is a regular file holding exactly `expected`;
+/// any failure to tell counts as no. Opened non-blocking, so a FIFO swapped
+/// in since the caller's check cannot hang the open.
 fn holds_exactly(dir: &OwnedFd, name: &OsStr, expected: &[u8]) -> bool {
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let Ok(fd) = rustix::fs::openat(dir, name, flags, Mode::empty()) else {
         return false;
     };
+    let regular = rustix::fs::fstat(&fd)
+        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
+    if !regular {
+        return false;
+    }
     // One byte more than expected tells a longer file apart.
     let mut content = Vec::with_capacity(expected.len() + 1);
     let file = fs::File::from(fd);
@@ -234,7 +240,9 @@ pub(crate) fn verify_sentinel(root: &Path, prefix: &Path) -> Result<()> {
         Entry::Directory(_) => bail!("runtime root sentinel {} must be a file", path.display()),
         Entry::Other(_) => {}
     }
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    // Non-blocking: a FIFO swapped in after the check above must not hang
+    // the open; the fstat below refuses it.
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(&dir, OsStr::new(ROOT_SENTINEL), flags, Mode::empty())
         .with_context(|| format!("failed to read runtime root sentinel {}", path.display()))?;
     if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {

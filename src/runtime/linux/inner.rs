@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
@@ -202,7 +203,6 @@ fn start_payload(
     sys::cloexec_above_stderr().context("failed to mark inherited descriptors close-on-exec")?;
     let mut payload = payload_command(command);
     if in_place {
-        use std::os::unix::process::CommandExt;
         let err = payload.exec();
         return Err(err).with_context(|| spawn_failure(command));
     }

@@ -269,9 +269,11 @@ impl Copy<'_> {
     /// each layer is applied, in manifest order, as soon as its blob is in.
     /// `commit` runs once the copy is complete, while the unpack may still
     /// be going on. A failed copy leaves neither the layout nor the bundle
-    /// behind, a failed commit no bundle (their error wins over the
-    /// unpack's, which they cause); a failed unpack after a good copy keeps
-    /// the layout, as a copy followed by an unpack would.
+    /// behind, and a failed commit no bundle; either error is the one
+    /// reported, since it is what made the unpack fail too. A failed unpack
+    /// after a good copy keeps the layout, as a copy followed by an unpack
+    /// would. The copy is not cancelled when the unpack fails early: the
+    /// error comes once the whole image is in.
     fn copy_and_unpack(
         &self,
         dir: &Path,
@@ -279,8 +281,9 @@ impl Copy<'_> {
         bundle: &Bundle<'_>,
         commit: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
-        // The unpacker reads the layout through this directory handle, so
-        // `commit` may rename the directory under it.
+        // The layout skeleton is created here (the pull reopens it) so the
+        // unpacker can hold a handle to its directory, and `commit` may
+        // rename the directory under it.
         let layout = LayoutWriter::create(dir)
             .and_then(|_| ImageLayout::open(dir))
             .with_context(|| copy_failed(self.normalized, shown));
@@ -291,7 +294,10 @@ impl Copy<'_> {
                 return Err(err);
             }
         };
-        bundle.create()?;
+        if let Err(err) = bundle.create() {
+            let _ = remove_if_exists(dir);
+            return Err(err);
+        }
         let arrivals = Arc::new(Arrivals::default());
         let rootfs = bundle.rootfs();
         let (copied, unpacked) = std::thread::scope(|scope| {

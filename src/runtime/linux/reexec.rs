@@ -36,6 +36,12 @@ pub struct ReexecOptions {
     /// holds exits with 128+N instead of re-raising N on itself. A command
     /// line that `exec`s the returned `Command` wants this: its own caller
     /// then sees the shell's exit code convention.
+    ///
+    /// `exec` runs the namespace hook in the calling process itself, so
+    /// only `exec` from a single-threaded process (the kernel refuses a new
+    /// user namespace to a multithreaded one), and exit when `exec`
+    /// returns: its error may come after the process entered the new
+    /// namespaces.
     pub signal_as_exit_code: bool,
 }
 
