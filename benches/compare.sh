@@ -136,51 +136,12 @@ cat ${LAYERS[gzip]} ${LAYERS[zstd]} ${LAYERS[plain]} > /dev/null
 # Debian's docker-registry on 127.0.0.1 at a free port, storage on disk under $BENCH,
 # holding debian:gzip and debian:zstd exactly as in the layout (manifests compared).
 REGWORK=$BENCH/compare-registry
-REG_PID=
-stop_registry() {
-  [ -n "$REG_PID" ] || return 0
-  kill "$REG_PID" 2>/dev/null || true
-  wait "$REG_PID" 2>/dev/null || true
-  REG_PID=
-  rm -rf "$REGWORK"
-}
-trap stop_registry EXIT
+. "$ROOT/benches/lib/registry.sh"
+trap 'stop_registry; rm -rf "$REGWORK"' EXIT
 
-free_port() {
-  local port
-  for _ in $(seq 1 100); do
-    port=$((20000 + RANDOM % 40000))
-    ss -Htln "sport = :$port" | grep -q . || { echo "$port"; return; }
-  done
-  die "no free port found"
-}
-
-start_registry() {
+serve_image() {
   rm -rf "$REGWORK"
-  mkdir -p "$REGWORK/storage"
-  REG=127.0.0.1:$(free_port)
-  cat > "$REGWORK/config.yml" <<YML
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $REGWORK/storage
-  redirect:
-    disable: true
-http:
-  addr: $REG
-YML
-  docker-registry serve "$REGWORK/config.yml" > "$REGWORK/registry.log" 2>&1 &
-  REG_PID=$!
-  for _ in $(seq 1 500); do
-    curl -s -o /dev/null "http://$REG/v2/" && break
-    kill -0 "$REG_PID" 2>/dev/null || { cat "$REGWORK/registry.log" >&2; die "docker-registry exited"; }
-    sleep 0.02
-  done
-  curl -s -o /dev/null "http://$REG/v2/" || die "docker-registry on $REG did not answer"
+  start_registry "$REGWORK" || die "could not start docker-registry"
   local tag a b
   for tag in gzip zstd; do
     skopeo copy -q --dest-tls-verify=false "oci:$IMG:$tag" "docker://$REG/debian:$tag"
@@ -190,7 +151,7 @@ YML
   done
   log "registry on $REG (pid $REG_PID) holds debian:gzip and debian:zstd"
 }
-start_registry
+serve_image
 
 # ------------------------------------------------------------------ the cases
 # name|compression|command template; {D} is the fresh target's parent, {T} the target.

@@ -27,30 +27,10 @@ DEFAULT=${CARGO_TARGET_DIR:-target}/release/examples/prepare_rootfs
 PREPARE=${PREPARE:-$DEFAULT}
 [ "$PREPARE" != "$DEFAULT" ] || [ -x "$DEFAULT" ] || cargo build --release --example prepare_rootfs
 WORK=$(mktemp -d "$OUT/metalor-prepare-bench.XXXXXX")
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-ADDR=127.0.0.1:$PORT
-mkdir -p "$WORK/storage"
-cat > "$WORK/config.yml" <<YML
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $WORK/storage
-  redirect:
-    disable: true
-http:
-  addr: $ADDR
-YML
-docker-registry serve "$WORK/config.yml" > "$WORK/registry.log" 2>&1 &
-REG=$!
-trap 'kill $REG 2>/dev/null; wait $REG 2>/dev/null; rm -rf "$WORK"' EXIT
-for _ in $(seq 1 500); do
-  curl -s -o /dev/null "http://$ADDR/v2/" && break
-  sleep 0.02
-done
+. benches/lib/registry.sh
+trap 'stop_registry; rm -rf "$WORK"' EXIT
+start_registry "$WORK/registry"
+ADDR=$REG
 for tag in $TAGS; do
   skopeo copy -q --dest-tls-verify=false "oci:$SRC:$tag" "docker://$ADDR/bench:$tag"
 done

@@ -9,7 +9,7 @@
 # Starts its own registry on a free port with temp storage, pushes the image
 # with skopeo, then runs each puller RUNS times (default 3) into a fresh
 # layout, printing wall, user and system seconds and peak RSS (KiB) from /usr/bin/time.
-# Needs: docker-registry, skopeo, /usr/bin/time, a release build of metalor.
+# Needs: docker-registry, skopeo, curl, python3, /usr/bin/time, a release build of metalor.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=${1:-/tmp/metalor-bench/images/debian:gzip}
@@ -18,30 +18,10 @@ OUT=${OUT:-/tmp}
 METALOR=${METALOR:-${CARGO_TARGET_DIR:-target}/release/metalor}
 [ -x "$METALOR" ] || cargo build --release --bin metalor
 WORK=$(mktemp -d "$OUT/metalor-pull-bench.XXXXXX")
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-ADDR=127.0.0.1:$PORT
-mkdir -p "$WORK/storage"
-cat > "$WORK/config.yml" <<YML
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $WORK/storage
-  redirect:
-    disable: true
-http:
-  addr: $ADDR
-YML
-docker-registry serve "$WORK/config.yml" > "$WORK/registry.log" 2>&1 &
-REG=$!
-trap 'kill $REG 2>/dev/null; wait $REG 2>/dev/null; rm -rf "$WORK"' EXIT
-for _ in $(seq 1 500); do
-  curl -s -o /dev/null "http://$ADDR/v2/" && break
-  sleep 0.02
-done
+. benches/lib/registry.sh
+trap 'stop_registry; rm -rf "$WORK"' EXIT
+start_registry "$WORK/registry"
+ADDR=$REG
 skopeo copy -q --dest-tls-verify=false "oci:$SRC" "docker://$ADDR/bench:latest"
 echo "tool    run  wall_s user_s sys_s peak_rss_kib"
 for run in $(seq 1 "$RUNS"); do
