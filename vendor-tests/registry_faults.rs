@@ -89,6 +89,20 @@ fn options(creds: Credentials) -> PullOptions {
     }
 }
 
+/// The user and password the tests' registry (htpasswd) and token server accept.
+fn test_user() -> Credentials {
+    Credentials::Basic {
+        username: "u".into(),
+        password: "p".into(),
+    }
+}
+
+/// How many requests the proxy saw whose request line starts with `prefix`.
+fn requests_starting_with(proxy: &FaultProxy, prefix: &str) -> usize {
+    let seen = proxy.seen.lock().unwrap();
+    seen.iter().filter(|r| r.line.starts_with(prefix)).count()
+}
+
 fn pull_via(proxy: &FaultProxy, dest: &Path, opts: &PullOptions) -> Result<(), String> {
     let source = PullSource::parse(&format!("docker://{}/big:latest", proxy.addr)).unwrap();
     registry::pull(&source, dest, "img", opts)
@@ -267,20 +281,10 @@ fn unauthorized_mid_pull_reauthenticates_once() {
             Fault::None
         }
     });
-    let creds = Credentials::Basic {
-        username: "u".into(),
-        password: "p".into(),
-    };
     let dest = s.tmp.path().join("dest");
-    pull_via(&proxy, &dest, &options(creds)).unwrap();
+    pull_via(&proxy, &dest, &options(test_user())).unwrap();
     assert_complete(&s, &dest);
-    let v2_checks = proxy
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|r| r.line.starts_with("GET /v2/ "))
-        .count();
+    let v2_checks = requests_starting_with(&proxy, "GET /v2/ ");
     assert!(
         v2_checks >= 2,
         "expected a second auth round trip, saw {v2_checks}"
@@ -295,12 +299,8 @@ fn unauthorized_mid_pull_reauthenticates_once() {
             Fault::None
         }
     });
-    let creds = Credentials::Basic {
-        username: "u".into(),
-        password: "p".into(),
-    };
     let dest = s.tmp.path().join("denied");
-    let err = pull_via(&proxy, &dest, &options(creds)).unwrap_err();
+    let err = pull_via(&proxy, &dest, &options(test_user())).unwrap_err();
     assert!(err.contains("access denied"), "{err}");
     assert_clean_failure(&dest, &s.layer);
 }
@@ -360,20 +360,10 @@ fn bearer_token_flow_survives_an_expired_token() {
     });
     addr.set(proxy.addr.clone()).unwrap();
 
-    let creds = Credentials::Basic {
-        username: "u".into(),
-        password: "p".into(),
-    };
     let dest = s.tmp.path().join("dest");
-    pull_via(&proxy, &dest, &options(creds)).unwrap();
+    pull_via(&proxy, &dest, &options(test_user())).unwrap();
     assert_complete(&s, &dest);
-    let token_requests = proxy
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|r| r.line.starts_with("GET /token"))
-        .count();
+    let token_requests = requests_starting_with(&proxy, "GET /token");
     assert!(
         token_requests >= 2,
         "expected a token refresh, saw {token_requests} token requests"
