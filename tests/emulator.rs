@@ -311,7 +311,10 @@ fn rootless_foreign_run_gets_a_private_binfmt_instance() {
     let test = "rootless_foreign_run_gets_a_private_binfmt_instance";
     let _serial = serialized();
     if !kernel_at_least(6, 7) {
-        eprintln!("SKIP {test}: binfmt_misc is per user namespace only from Linux 6.7");
+        support::skip_or_fail(
+            test,
+            "binfmt_misc is per user namespace only from Linux 6.7",
+        );
         return;
     }
     if !metalor::probe_rootless_userns(false).ok {

@@ -3,6 +3,8 @@
 #![cfg(target_os = "linux")]
 
 mod common;
+#[path = "skip/mod.rs"]
+mod skip;
 
 use std::fs;
 use std::io::Cursor;
@@ -11,23 +13,6 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use common::*;
 use metalor::unpack::{apply_layers, Applier, LayerStats, Privileges, UnpackError, UnpackOptions};
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// Root is needed for ownership and device tests; CI must have it.
-fn require_root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs root under CI"
-    );
-    eprintln!("skipping {test}: not root");
-    false
-}
 
 #[test]
 fn layers_apply_in_manifest_order() {
@@ -692,7 +677,7 @@ fn trailing_data_after_the_tar_end_is_hashed_into_the_diff_id() {
 
 #[test]
 fn ownership_is_kept_as_root() {
-    if !require_root("ownership_is_kept_as_root") {
+    if !skip::require_root("ownership_is_kept_as_root") {
         return;
     }
     let s = Scene::new();
@@ -721,7 +706,7 @@ fn ownership_is_kept_as_root() {
 
 #[test]
 fn char_device_is_created_as_root() {
-    if !require_root("char_device_is_created_as_root") {
+    if !skip::require_root("char_device_is_created_as_root") {
         return;
     }
     let s = Scene::new();

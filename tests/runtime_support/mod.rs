@@ -9,24 +9,16 @@ use std::process::{Command, Output};
 
 use tempfile::TempDir;
 
+#[path = "../skip/mod.rs"]
+mod skip;
+#[allow(unused_imports)] // each test crate uses a different subset
+pub use skip::{current_test, in_ci, skip_or_fail};
+
 /// The applets the tests call, linked to `/bin/busybox` in the rootfs.
 pub const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "true", "false", "hostname", "ifconfig", "env", "ls", "id", "kill",
     "sleep", "test", "grep", "touch", "stat", "readlink",
 ];
-
-/// Whether tests that need something missing must fail instead of skip.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Fails under CI, otherwise prints why the test is skipped.
-pub fn skip_or_fail(reason: &str) {
-    if in_ci() {
-        panic!("required for this test under CI=true: {reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
-}
 
 /// A static busybox: `$METALOR_BUSYBOX`, or Debian's busybox-static.
 pub fn find_busybox() -> Option<PathBuf> {
@@ -51,7 +43,10 @@ impl Fixture {
     /// busybox.
     pub fn new() -> Option<Self> {
         let Some(busybox) = find_busybox() else {
-            skip_or_fail("no static busybox (install busybox-static or set METALOR_BUSYBOX)");
+            skip_or_fail(
+                &current_test(),
+                "no static busybox (install busybox-static or set METALOR_BUSYBOX)",
+            );
             return None;
         };
         let dir = tempfile::tempdir().expect("tempdir");

@@ -5,6 +5,10 @@
 
 #[path = "../../fixtures/src/lib.rs"]
 pub mod fixtures;
+#[path = "../../tests/skip/mod.rs"]
+mod skip;
+#[allow(unused_imports)] // each test crate uses a different subset
+pub use skip::{in_ci, require_root, require_tool, skip_or_fail, which};
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -15,43 +19,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use sha2::{Digest as _, Sha256};
-
-/// True when running under CI (`CI=true`), where a missing tool fails the
-/// test instead of skipping it.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// The full path of `tool` on `PATH`, if any.
-pub fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(tool))
-        .find(|p| p.is_file())
-}
-
-/// Returns whether `tool` is available. When it is not: under `CI=true`
-/// this panics (the suite must not pass silently in CI); elsewhere it prints
-/// why the calling test skips, and the caller returns.
-pub fn require_tool(tool: &str, package: &str, test: &str) -> bool {
-    if which(tool).is_some() {
-        return true;
-    }
-    skip_or_fail(
-        test,
-        &format!(
-            "`{tool}` is not on PATH (Debian package `{package}`; scripts/test.sh installs it)"
-        ),
-    )
-}
-
-/// Under `CI=true`, fails with `reason`; elsewhere prints a skip notice and
-/// returns false.
-pub fn skip_or_fail(test: &str, reason: &str) -> bool {
-    assert!(!in_ci(), "{test}: {reason}, and CI=true requires it");
-    eprintln!("SKIP {test}: {reason}");
-    false
-}
 
 /// The committed fixture layouts, `fixtures/oci/`.
 pub fn fixtures_dir() -> PathBuf {
