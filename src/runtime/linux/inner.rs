@@ -2,7 +2,6 @@
 //! is PID 1 of fresh namespaces. It proves the isolation, mounts, `chroot`s
 //! and spawns the payload.
 
-use std::collections::HashSet;
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -16,6 +15,7 @@ use super::host::{canonicalize_runtime_root_prefix, verify_sentinel};
 use super::mounts::{
     bind_onto, mount_binfmt_misc_onto, mount_proc_onto, prepare_container_mount_target, TargetKind,
 };
+use super::privileges::restrict_privileges;
 use super::reexec::{ENV_PARENT_MOUNT_NS, ENV_PRIVATE_NS, ENV_RUNTIME_ROOT_PREFIX};
 use super::validate::{mount_covers, validate_container_request};
 use super::ContainerRunCommand;
@@ -311,49 +311,6 @@ fn apply_limits(limits: &ResourceLimits) -> Result<()> {
             setrlimit(resource, limit).with_context(|| format!("set {name} for build cell"))?;
         }
     }
-    Ok(())
-}
-
-/// Docker's default capability set; everything else leaves the bounding set.
-fn docker_default_caps() -> HashSet<caps::Capability> {
-    use caps::Capability::*;
-    [
-        CAP_CHOWN,
-        CAP_DAC_OVERRIDE,
-        CAP_FSETID,
-        CAP_FOWNER,
-        CAP_MKNOD,
-        CAP_NET_RAW,
-        CAP_SETGID,
-        CAP_SETUID,
-        CAP_SETFCAP,
-        CAP_SETPCAP,
-        CAP_NET_BIND_SERVICE,
-        CAP_SYS_CHROOT,
-        CAP_KILL,
-        CAP_AUDIT_WRITE,
-    ]
-    .into_iter()
-    .collect()
-}
-
-/// Narrows what the payload can gain at exec to Docker's default set, and
-/// forbids gaining more through setuid binaries or file capabilities.
-fn restrict_privileges() -> Result<()> {
-    use caps::CapSet;
-    let keep = docker_default_caps();
-    let bounding = caps::read(None, CapSet::Bounding).context("failed to read the bounding set")?;
-    for cap in bounding.difference(&keep) {
-        caps::drop(None, CapSet::Bounding, *cap)
-            .with_context(|| format!("failed to drop {cap} from the bounding set"))?;
-    }
-    let inheritable =
-        caps::read(None, CapSet::Inheritable).context("failed to read the inheritable set")?;
-    let inheritable: HashSet<_> = inheritable.intersection(&keep).copied().collect();
-    caps::set(None, CapSet::Inheritable, &inheritable)
-        .context("failed to narrow the inheritable set")?;
-    caps::clear(None, CapSet::Ambient).context("failed to clear the ambient set")?;
-    rustix::thread::set_no_new_privs(true).context("failed to set no_new_privs")?;
     Ok(())
 }
 
