@@ -48,7 +48,7 @@ pub(super) fn cached_rootfs(
     oci_arch: Option<&str>,
     bundle: &Bundle<'_>,
 ) -> Result<()> {
-    let root_fd = prepare_host_directory(cache_root, "OCI cache root")?;
+    let root_fd = prepare_host_directory(cache_root, "OCI cache root")?.fd;
     let identity = cache_identity(copy.normalized, oci_arch);
     let key = cache_key(&identity);
     let entry = cache_root.join(&key);

@@ -52,7 +52,8 @@ pub fn prepare_oci_rootfs(
     requested_arch: Option<&str>,
 ) -> Result<PathBuf> {
     let prefix = canonicalize_runtime_root_prefix(runtime_root_prefix)?;
-    let package = prepare_runtime_workspace(runtime_package_root, &prefix, "OCI package root")?;
+    let package =
+        prepare_runtime_workspace(runtime_package_root, &prefix, "OCI package root")?.path;
     let oci = package.join("oci");
     let bundle = oci.join("bundle");
     remove_if_exists(&bundle)?;
