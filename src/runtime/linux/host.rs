@@ -283,3 +283,86 @@ pub(crate) fn verify_sentinel(root: &DirHandle, prefix: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    /// A prefix holding `root` (walked and prepared) and a `decoy`; then
+    /// `root` is moved to `moved` and a symlink to `decoy` takes its
+    /// place. Whatever acts through the handle must land in `moved`.
+    struct Swapped {
+        _tmp: tempfile::TempDir,
+        prefix: PathBuf,
+        moved: PathBuf,
+        decoy: PathBuf,
+        handle: DirHandle,
+    }
+
+    fn swapped_after_walk() -> Swapped {
+        let tmp = tempfile::tempdir().unwrap();
+        let prefix = fs::canonicalize(tmp.path()).unwrap();
+        let root = prefix.join("root");
+        let handle = prepare_runtime_workspace(&root, &prefix, "container root").unwrap();
+        assert_eq!(handle.path, root, "the walk's path is the canonical one");
+        let (moved, decoy) = (prefix.join("moved"), prefix.join("decoy"));
+        fs::create_dir(&decoy).unwrap();
+        fs::rename(&root, &moved).unwrap();
+        symlink(&decoy, &root).unwrap();
+        Swapped {
+            _tmp: tmp,
+            prefix,
+            moved,
+            decoy,
+            handle,
+        }
+    }
+
+    #[test]
+    fn the_sentinel_is_written_through_the_walked_fd() {
+        let fx = swapped_after_walk();
+        write_sentinel(&fx.handle, &fx.prefix).unwrap();
+        let written = fs::read(fx.moved.join(ROOT_SENTINEL)).unwrap();
+        assert_eq!(written, fx.prefix.as_os_str().as_bytes());
+        assert!(!fx.decoy.join(ROOT_SENTINEL).exists());
+    }
+
+    #[test]
+    fn the_sentinel_is_verified_through_the_held_fd() {
+        let fx = swapped_after_walk();
+        write_sentinel(&fx.handle, &fx.prefix).unwrap();
+        fs::write(fx.decoy.join(ROOT_SENTINEL), b"/somewhere/else").unwrap();
+        verify_sentinel(&fx.handle, &fx.prefix).unwrap();
+    }
+
+    #[test]
+    fn walks_refuse_a_symlinked_component() {
+        let fx = swapped_after_walk();
+        let through = fx.prefix.join("root/child");
+        let err = prepare_runtime_workspace(&through, &fx.prefix, "container root").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "container root {} traverses a symlink",
+                fx.prefix.join("root").display()
+            )
+        );
+        assert!(!fx.decoy.join("child").exists());
+    }
+
+    #[test]
+    fn an_opened_root_knows_its_canonical_path() {
+        let fx = swapped_after_walk();
+        // Opened through the symlink, as upstream's canonicalize followed
+        // it; the path is the kernel's name for what was opened.
+        let opened = open_dir_canonical(&fx.prefix.join("root")).unwrap();
+        assert_eq!(opened.path, fx.decoy);
+        assert_eq!(fd_path(&fx.handle.fd), fx.moved);
+    }
+
+    fn fd_path(fd: &OwnedFd) -> PathBuf {
+        fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap()
+    }
+}

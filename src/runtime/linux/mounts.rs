@@ -175,3 +175,41 @@ fn attach(mount: &OwnedFd, target: &OwnedFd) -> std::io::Result<()> {
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )?)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    use super::super::host::prepare_host_directory;
+    use super::*;
+
+    #[test]
+    fn targets_are_prepared_under_the_held_root_after_a_swap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(tmp.path()).unwrap();
+        let root = prepare_host_directory(&base.join("root"), "container root").unwrap();
+        fs::create_dir(base.join("decoy")).unwrap();
+        fs::rename(base.join("root"), base.join("moved")).unwrap();
+        symlink(base.join("decoy"), base.join("root")).unwrap();
+        for (dest, kind) in [
+            ("/proc/sys", TargetKind::Directory),
+            ("/etc/resolv.conf", TargetKind::File),
+        ] {
+            prepare_container_mount_target(&root.fd, &root.path, dest, kind, "t").unwrap();
+            let rel = dest.trim_start_matches('/');
+            assert!(base.join("moved").join(rel).exists(), "{dest}");
+            assert!(!base.join("decoy").join(rel).exists(), "{dest}");
+        }
+    }
+
+    #[test]
+    fn root_destinations() {
+        for dest in ["/", "//", "/."] {
+            assert!(is_root_destination(dest), "{dest}");
+        }
+        for dest in ["/a", "/./a", "/a/"] {
+            assert!(!is_root_destination(dest), "{dest}");
+        }
+    }
+}
