@@ -622,7 +622,7 @@ fn inner_side_refusals_use_upstreams_phrases() {
     );
     let register = fx.rootfs.join("proc/sys/fs/binfmt_misc/register");
     let want = ": write rule metalor-qemu-aarch64-static-";
-    assert!(err.contains(&want), "{err}");
+    assert!(err.contains(want), "{err}");
     assert!(
         err.contains(&format!(" to {}", register.display())),
         "{err}"
