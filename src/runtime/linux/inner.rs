@@ -1,6 +1,10 @@
 //! The inner runner (upstream §3.6): runs in the re-executed process, which
 //! is PID 1 of fresh namespaces. It proves the isolation, mounts, `chroot`s
 //! and spawns the payload.
+//!
+//! The root is opened once, by the isolation proof; the prefix and sentinel
+//! checks, every mount target and the `chroot` (`fchdir` + `chroot(".")`)
+//! go through that fd, so what was checked is what is entered.
 
 use std::fs;
 use std::os::fd::OwnedFd;
