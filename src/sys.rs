@@ -103,20 +103,63 @@ fn write_proc_file(path: &CStr, data: &[u8]) -> io::Result<()> {
     result
 }
 
+/// The steps of entering the namespaces, in order, so a failure can say
+/// which one the kernel refused. The discriminant is what the probe child
+/// reports through its pipe.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+#[repr(i32)]
+pub(crate) enum NamespaceStep {
+    Unshare = 1,
+    DenySetgroups = 2,
+    UidMap = 3,
+    GidMap = 4,
+    MakeRootPrivate = 5,
+}
+
+impl NamespaceStep {
+    const ALL: [NamespaceStep; 5] = [
+        NamespaceStep::Unshare,
+        NamespaceStep::DenySetgroups,
+        NamespaceStep::UidMap,
+        NamespaceStep::GidMap,
+        NamespaceStep::MakeRootPrivate,
+    ];
+
+    fn from_code(code: i32) -> Option<Self> {
+        Self::ALL.into_iter().find(|step| *step as i32 == code)
+    }
+
+    /// The operation, as a message names it.
+    fn operation(self) -> &'static str {
+        match self {
+            NamespaceStep::Unshare => "unshare the namespaces",
+            NamespaceStep::DenySetgroups => "write deny to /proc/self/setgroups",
+            NamespaceStep::UidMap => "write /proc/self/uid_map",
+            NamespaceStep::GidMap => "write /proc/self/gid_map",
+            NamespaceStep::MakeRootPrivate => "make / recursively private",
+        }
+    }
+}
+
 /// unshare(2) the planned namespaces, write the id maps, and make every
 /// mount below `/` private, so nothing mounted later propagates to the
-/// host. Async-signal-safe.
-fn enter_namespaces(plan: &NamespacePlan) -> io::Result<()> {
+/// host. On failure, the step that failed and its error.
+/// Async-signal-safe.
+fn enter_namespaces(plan: &NamespacePlan) -> Result<(), (NamespaceStep, io::Error)> {
+    let at = |step: NamespaceStep| move |err: io::Error| (step, err);
     // SAFETY: unshare only changes this process's namespace membership.
     if unsafe { libc::unshare(plan.flags) } != 0 {
-        return Err(last_error());
+        return Err((NamespaceStep::Unshare, last_error()));
     }
     if let Some((uid_map, gid_map)) = &plan.maps {
         // The kernel refuses a gid map from an unprivileged writer until
         // setgroups is denied; util-linux's --map-root-user does the same.
-        write_proc_file(c"/proc/self/setgroups", b"deny")?;
-        write_proc_file(c"/proc/self/uid_map", uid_map.as_bytes())?;
-        write_proc_file(c"/proc/self/gid_map", gid_map.as_bytes())?;
+        write_proc_file(c"/proc/self/setgroups", b"deny")
+            .map_err(at(NamespaceStep::DenySetgroups))?;
+        write_proc_file(c"/proc/self/uid_map", uid_map.as_bytes())
+            .map_err(at(NamespaceStep::UidMap))?;
+        write_proc_file(c"/proc/self/gid_map", gid_map.as_bytes())
+            .map_err(at(NamespaceStep::GidMap))?;
     }
     // SAFETY: all pointers are NULL or NUL-terminated static strings.
     let rc = unsafe {
@@ -129,7 +172,7 @@ fn enter_namespaces(plan: &NamespacePlan) -> io::Result<()> {
         )
     };
     if rc != 0 {
-        return Err(last_error());
+        return Err((NamespaceStep::MakeRootPrivate, last_error()));
     }
     Ok(())
 }
@@ -199,7 +242,8 @@ fn wait_and_mirror(child: libc::pid_t, signal_as_exit_code: bool) -> ! {
 /// `fork` and `exec` in the child of `Command::spawn`, or in the caller
 /// itself under `Command::exec`, which then becomes the waiting process.
 fn namespace_hook(plan: &NamespacePlan) -> io::Result<()> {
-    enter_namespaces(plan)?;
+    // std carries only the errno back to `spawn`/`exec`; the step is lost.
+    enter_namespaces(plan).map_err(|(_, err)| err)?;
     // A pidfd of this process, inherited by the child, tells it whether
     // its parent died before PR_SET_PDEATHSIG took effect: getppid() is 0
     // for PID 1 of a new namespace and a pid cannot be probed across it.
@@ -264,7 +308,9 @@ pub(crate) struct ProbeOutcome {
 }
 
 /// Forks a child that enters the planned namespaces and exits 0; reports
-/// how it went. The child sends `[step, errno]` through a pipe on failure.
+/// how it went. On failure the child sends `[step, errno]` through a pipe
+/// (the [`NamespaceStep`] code and the error), and the outcome's `stderr`
+/// names that step.
 pub(crate) fn probe_namespaces(plan: NamespacePlan) -> ProbeOutcome {
     let (reader, writer) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
         Ok(pair) => pair,
@@ -289,8 +335,8 @@ pub(crate) fn probe_namespaces(plan: NamespacePlan) -> ProbeOutcome {
     if pid == 0 {
         let code = match enter_namespaces(&plan) {
             Ok(()) => 0,
-            Err(err) => {
-                let report = [1i32, err.raw_os_error().unwrap_or(0)];
+            Err((step, err)) => {
+                let report = [step as i32, err.raw_os_error().unwrap_or(0)];
                 // SAFETY: `report` is a live stack array; write_fd is open.
                 unsafe {
                     libc::write(
@@ -310,15 +356,25 @@ pub(crate) fn probe_namespaces(plan: NamespacePlan) -> ProbeOutcome {
     let got = rustix::io::read(&reader, &mut buf).unwrap_or(0);
     let status = wait_for(pid).ok().map(ExitStatus::from_raw);
     let stderr = if got == buf.len() {
-        let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
-        format!(
-            "entering the namespaces failed: {}",
-            io::Error::from_raw_os_error(errno)
-        )
+        describe_probe_failure(&buf)
     } else {
         String::new()
     };
     ProbeOutcome { status, stderr }
+}
+
+/// The probe child's `[step, errno]` report as a message.
+fn describe_probe_failure(report: &[u8; 8]) -> String {
+    let step = i32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
+    let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+    let error = io::Error::from_raw_os_error(errno);
+    match NamespaceStep::from_code(step) {
+        Some(step) => format!(
+            "entering the namespaces failed: {}: {error}",
+            step.operation()
+        ),
+        None => format!("entering the namespaces failed at unknown step {step}: {error}"),
+    }
 }
 
 /// Marks every descriptor above stderr close-on-exec, so the payload
@@ -413,4 +469,43 @@ pub(crate) fn loopback_up() -> io::Result<()> {
         return Err(last_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_reports_the_step_that_failed() {
+        // An id map whose range wraps around is refused by the kernel when
+        // the map is written, after unshare and setgroups succeeded.
+        let mut plan = NamespacePlan::new(true, false, false);
+        plan.maps = Some((MapLine::root_to(u32::MAX), MapLine::root_to(0)));
+        let outcome = probe_namespaces(plan);
+        assert!(
+            outcome.status.is_some_and(|s| !s.success()),
+            "{:?}",
+            outcome.status
+        );
+        assert!(
+            outcome
+                .stderr
+                .starts_with("entering the namespaces failed: write /proc/self/uid_map: "),
+            "{}",
+            outcome.stderr
+        );
+    }
+
+    #[test]
+    fn probe_reports_name_each_step() {
+        let report = |step: i32| {
+            let mut bytes = [0u8; 8];
+            bytes[..4].copy_from_slice(&step.to_ne_bytes());
+            bytes[4..].copy_from_slice(&libc::EPERM.to_ne_bytes());
+            describe_probe_failure(&bytes)
+        };
+        assert!(report(1).starts_with("entering the namespaces failed: unshare the namespaces: "));
+        assert!(report(5).contains(": make / recursively private: "));
+        assert!(report(9).starts_with("entering the namespaces failed at unknown step 9: "));
+    }
 }

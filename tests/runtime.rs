@@ -603,9 +603,17 @@ fn inner_side_refusals_use_upstreams_phrases() {
     emulated.emulator = Some("/.metalor-run/qemu-aarch64-static".into());
     let reexec = build_unshare_reexec_command(exe, "__inner-run", &fx.prefix, &emulated).unwrap();
     let err = stderr_of(reexec);
-    // Nothing is staged at that path, so binfmt_misc cannot open it.
+    // Nothing is staged at that path, so binfmt_misc cannot open it. The
+    // message names the rule and the binfmt_misc instance written to.
     assert!(
         err.contains("failed to register private binfmt_misc handler for foreign-arch command"),
+        "{err}"
+    );
+    let register = fx.rootfs.join("proc/sys/fs/binfmt_misc/register");
+    let want = ": write rule metalor-qemu-aarch64-static-";
+    assert!(err.contains(want), "{err}");
+    assert!(
+        err.contains(&format!(" to {}", register.display())),
         "{err}"
     );
 }

@@ -198,6 +198,38 @@ fn auto_binds_and_an_explicit_override() {
     );
 }
 
+/// A bind at `/` replaces the root: the later mounts and the `chroot` go
+/// into the mounted tree, not the directory under it.
+#[test]
+fn a_bind_at_root_replaces_the_root() {
+    let Some(fx) = Fixture::new() else { return };
+    let other = fx.outside("other");
+    fs::create_dir_all(other.join("bin")).unwrap();
+    fs::copy(fx.rootfs.join("bin/busybox"), other.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "test"] {
+        symlink("busybox", other.join("bin").join(applet)).unwrap();
+    }
+    fs::write(other.join("marker"), b"other\n").unwrap();
+    let bind = format!("{}:/", other.display());
+    let out = run_in(
+        &fx.rootfs,
+        &["--bind", &bind, "--env", "PATH=/bin"],
+        &[
+            "sh",
+            "-c",
+            "cat /marker; test -e /proc/self/status && echo proc",
+        ],
+    );
+    assert_eq!(ok_stdout(&out), "other\nproc\n");
+    // (A mount at `/` covers every auto-bind, so only `proc` is made.)
+    assert!(other.join("proc").is_dir());
+    assert!(!fx.rootfs.join("proc").exists(), "mounted under the bind");
+    assert!(
+        host_mounts_under(&fx.rootfs).is_empty(),
+        "mounts leaked to the host"
+    );
+}
+
 #[test]
 fn mount_targets_through_symlinks_are_refused_with_nothing_created_outside() {
     let Some(fx) = Fixture::new() else { return };

@@ -26,4 +26,4 @@ pub use layout::{ImageLayout, LayerDescriptor, ResolvedImage};
 pub use layout_write::{LayoutWriter, RefTarget};
 pub use media::{Compression, DocumentKind};
 pub use platform::{normalize_arch_name, oci_arch_name, Platform};
-pub use reference::LayoutRef;
+pub use reference::{named_transport, LayoutRef, SKOPEO_TRANSPORTS};

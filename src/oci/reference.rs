@@ -19,16 +19,40 @@ use super::error::OciError;
 /// The explicit OCI layout transport prefix.
 const OCI_PREFIX: &str = "oci:";
 
-/// Other skopeo transports. Written bare they would otherwise be read as
-/// a directory named after the transport, which is never what was meant.
-const OTHER_TRANSPORTS: [&str; 6] = [
-    "docker:",
-    "dir:",
-    "docker-archive:",
-    "oci-archive:",
+/// Every transport skopeo knows (containers-transports(5)), as written in
+/// front of its reference. This is the one list metalor reads sources
+/// with: the OCI layout parser, the pull source parser and the OCI rootfs's
+/// reference normalization all ask [`named_transport`].
+pub const SKOPEO_TRANSPORTS: [&str; 9] = [
     "containers-storage:",
+    "dir:",
+    "docker:",
+    "docker-archive:",
     "docker-daemon:",
+    "oci:",
+    "oci-archive:",
+    "ostree:",
+    "sif:",
 ];
+
+/// The transport `value` names explicitly, with its separator: the
+/// scheme of a `scheme://…` URL, or a [`SKOPEO_TRANSPORTS`] prefix.
+/// `None` means a bare reference.
+///
+/// The docker transport counts only when written `docker://`: bare,
+/// `docker:TAG` is the Docker Hub image `docker`, and upstream read it so
+/// (it prefixed `docker://`). Any other skopeo transport is recognised by
+/// its bare prefix, so `docker-daemon:x` or `sif:x` is never taken for a
+/// registry name or a directory.
+pub fn named_transport(value: &str) -> Option<&str> {
+    if let Some(end) = value.find("://") {
+        return Some(&value[..end + 3]);
+    }
+    SKOPEO_TRANSPORTS
+        .into_iter()
+        .filter(|prefix| *prefix != "docker:")
+        .find(|prefix| value.starts_with(prefix))
+}
 
 /// A parsed `[oci:]DIR[:REF]`: the layout directory and the optional ref
 /// name to look up in its `index.json`.
@@ -42,8 +66,9 @@ pub struct LayoutRef {
 
 impl LayoutRef {
     /// Parses `oci:DIR[:REF]` or `DIR[:REF]` with the split rule in the
-    /// module docs. URL-style sources (`docker://…`) and other skopeo
-    /// transports are refused with [`OciError::UnsupportedTransport`].
+    /// module docs. URL-style sources (`docker://…`) and the other skopeo
+    /// transports ([`named_transport`]) are refused with
+    /// [`OciError::UnsupportedTransport`].
     pub fn parse(value: &str) -> Result<LayoutRef, OciError> {
         let rest = match value.strip_prefix(OCI_PREFIX) {
             Some(rest) => rest,
@@ -66,15 +91,9 @@ impl LayoutRef {
     }
 }
 
-/// Refuses `scheme://…` and the bare skopeo transport prefixes.
+/// Refuses every transport but `oci:` (see [`named_transport`]).
 fn reject_transport(value: &str) -> Result<(), OciError> {
-    let transport = match value.find("://") {
-        Some(end) => Some(&value[..end + 3]),
-        None => OTHER_TRANSPORTS
-            .into_iter()
-            .find(|prefix| value.starts_with(prefix)),
-    };
-    match transport {
+    match named_transport(value) {
         Some(transport) => Err(OciError::UnsupportedTransport {
             value: value.to_owned(),
             transport: transport.to_owned(),
@@ -164,6 +183,8 @@ mod tests {
             "docker://docker.io/library/alpine",
             "docker-archive:/x.tar",
             "dir:/x",
+            "docker-daemon:alpine:3",
+            "sif:/x.sif",
         ] {
             let err = LayoutRef::parse(value).unwrap_err();
             assert!(
@@ -175,5 +196,33 @@ mod tests {
             LayoutRef::parse("oci::image"),
             Err(OciError::InvalidReference { .. })
         ));
+    }
+
+    #[test]
+    fn named_transports() {
+        for (value, transport) in [
+            ("docker://h.io/x", Some("docker://")),
+            ("https://h.io/x", Some("https://")),
+            ("oci:/l:image", Some("oci:")),
+            ("oci-archive:/x.tar", Some("oci-archive:")),
+            ("docker-archive:/x.tar", Some("docker-archive:")),
+            ("docker-daemon:alpine:3", Some("docker-daemon:")),
+            ("containers-storage:alpine", Some("containers-storage:")),
+            ("dir:/x", Some("dir:")),
+            ("ostree:x@/repo", Some("ostree:")),
+            ("sif:/x.sif", Some("sif:")),
+            // Docker Hub's `docker` image, not the docker transport.
+            ("docker:24", None),
+            ("debian:12", None),
+            ("/tmp/l:image", None),
+        ] {
+            assert_eq!(named_transport(value), transport, "{value}");
+        }
+        // Every listed transport but `docker:` is recognised bare.
+        for prefix in SKOPEO_TRANSPORTS {
+            let value = format!("{prefix}x");
+            let expected = (prefix != "docker:").then_some(prefix);
+            assert_eq!(named_transport(&value), expected, "{value}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 #[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "windows")))]
 compile_error!("metalor supports Linux, macOS and Windows only");
 
-mod caps;
+mod backend_caps;
 mod portable;
 mod protocol;
 
@@ -20,7 +20,7 @@ mod macos_support;
 mod windows_support;
 mod worker_support;
 
-pub use caps::{backend_caps, BackendCaps};
+pub use backend_caps::{backend_caps, BackendCaps};
 #[cfg(target_os = "linux")]
 pub use linux::{
     build_cell_reexec_command, build_cell_reexec_command_with_backend,

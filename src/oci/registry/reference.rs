@@ -10,7 +10,7 @@
 use std::fmt;
 
 use super::error::RegistryError;
-use crate::oci::{Digest, LayoutRef};
+use crate::oci::{named_transport, Digest, LayoutRef};
 
 /// The registry name Docker Hub images are filed under.
 pub const DOCKER_HUB: &str = "docker.io";
@@ -42,7 +42,8 @@ pub enum PullSource {
 
 impl PullSource {
     /// Parses `docker://…`, `oci:DIR[:REF]` or a bare registry reference.
-    /// Other skopeo transports are refused by name.
+    /// Other transports ([`named_transport`]) are refused by name;
+    /// `docker:TAG` is the Hub's `docker` image.
     pub fn parse(value: &str) -> Result<PullSource, RegistryError> {
         if value.starts_with("oci:") {
             return Ok(PullSource::Layout(LayoutRef::parse(value)?));
@@ -50,23 +51,10 @@ impl PullSource {
         if let Some(rest) = value.strip_prefix("docker://") {
             return ImageReference::parse_named(value, rest).map(PullSource::Registry);
         }
-        const OTHER: [&str; 5] = [
-            "dir:",
-            "docker-archive:",
-            "oci-archive:",
-            "containers-storage:",
-            "docker-daemon:",
-        ];
-        if let Some(t) = OTHER.iter().find(|t| value.starts_with(**t)) {
+        if let Some(transport) = named_transport(value) {
             return Err(invalid(
                 value,
-                format!("unsupported transport {t:?} (expected docker:// or oci:)"),
-            ));
-        }
-        if value.contains("://") {
-            return Err(invalid(
-                value,
-                "unsupported transport (expected docker:// or oci:)",
+                format!("unsupported transport {transport:?} (expected docker:// or oci:)"),
             ));
         }
         ImageReference::parse(value).map(PullSource::Registry)
@@ -355,8 +343,15 @@ mod tests {
         ] {
             assert!(PullSource::parse(bad).is_err(), "{bad}");
         }
-        let err = PullSource::parse("docker-archive:/x.tar").unwrap_err();
-        assert!(err.to_string().contains("unsupported transport"), "{err}");
+        for other in [
+            "docker-archive:/x.tar",
+            "docker-daemon:alpine:3",
+            "sif:/x",
+            "s3://b/k",
+        ] {
+            let err = PullSource::parse(other).unwrap_err();
+            assert!(err.to_string().contains("unsupported transport"), "{err}");
+        }
     }
 
     #[test]
@@ -368,6 +363,10 @@ mod tests {
             PullSource::parse("debian:12").unwrap().default_ref_name(),
             "12"
         );
+        let PullSource::Registry(hub) = PullSource::parse("docker:24").unwrap() else {
+            panic!("docker:24 is a registry reference");
+        };
+        assert_eq!(hub.to_string(), "docker://docker.io/library/docker:24");
         let s = PullSource::parse(&format!("docker://h.io/x@{D}")).unwrap();
         assert_eq!(s.default_ref_name(), "latest");
     }

@@ -81,8 +81,8 @@ pub fn build_cell_reexec_command_with_backend(
 ) -> Result<Command> {
     validate_build_cell_spec(spec)?;
     let prefix = canonicalize_runtime_root_prefix(runtime_root_prefix)?;
-    let root = prepare_runtime_root(spec.root.as_path(), &prefix)?;
-    let scratch = prepare_runtime_workspace(spec.scratch.as_path(), &prefix, "build scratch")?;
+    let root = prepare_runtime_root(spec.root.as_path(), &prefix)?.path;
+    let scratch = prepare_runtime_workspace(spec.scratch.as_path(), &prefix, "build scratch")?.path;
     ensure_distinct(&root, &scratch)?;
     stage_scratch(spec, &scratch)?;
     let request = build_cell_request_path(&scratch);

@@ -23,8 +23,8 @@ use super::mounts::{prepare_container_mount_target, TargetKind};
 use super::{helper_binary_path, RUN_HELPER_DIR};
 use crate::oci::normalize_arch_name;
 
-/// Where binfmt_misc is mounted inside the root, and so, after the
-/// `chroot`, where its control files are.
+/// Where binfmt_misc is mounted inside the root (the rule itself is
+/// registered through the mount's fd).
 pub(crate) const BINFMT_MISC_DIR: &str = "/proc/sys/fs/binfmt_misc";
 
 /// Stages `qemu-<guest>-static` from `$PATH` at
@@ -45,7 +45,7 @@ pub fn prepare_runtime_emulator(
     if runtime_root == Path::new("/") {
         bail!("runtime root for emulator staging must not be /");
     }
-    prepare_host_directory(runtime_root, "runtime root")?;
+    let root = prepare_host_directory(runtime_root, "runtime root")?;
     let qemu = format!("qemu-{guest}-static");
     let Some(found) = find_in_path(&qemu) else {
         bail!("foreign-architecture execution for guest {guest} on host {host} requires {qemu} in PATH");
@@ -55,12 +55,14 @@ pub fn prepare_runtime_emulator(
     // upstream's does; the directory walk then only reopens what it checked.
     let target = helper_binary_path(&qemu);
     prepare_container_mount_target(
+        &root.fd,
         runtime_root,
         &target,
         TargetKind::File,
         "runtime helper path",
     )?;
     let helper_dir = prepare_container_mount_target(
+        &root.fd,
         runtime_root,
         RUN_HELPER_DIR,
         TargetKind::Directory,
@@ -189,20 +191,28 @@ impl BinfmtRule {
         &self.registration
     }
 
-    /// Registers the rule. Runs after the `chroot`, so the interpreter path
-    /// resolves inside the root and `BINFMT_MISC_DIR` is the instance the
-    /// runner mounted.
-    pub(crate) fn register(&self) -> Result<RegisteredRule> {
+    /// Registers the rule with the binfmt_misc instance mounted at
+    /// `mount` (`shown` is its path, for messages). Runs after the
+    /// `chroot`: with flag F the kernel opens the interpreter now, and it
+    /// resolves the path in the registering process's root.
+    pub(crate) fn register(&self, mount: OwnedFd, shown: &Path) -> Result<RegisteredRule> {
         let write = || -> io::Result<()> {
-            let mut register = fs::OpenOptions::new()
-                .write(true)
-                .open(format!("{BINFMT_MISC_DIR}/register"))?;
-            register.write_all(self.registration.as_bytes())
+            let flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let register = rustix::fs::openat(&mount, "register", flags, Mode::empty())?;
+            fs::File::from(register).write_all(self.registration.as_bytes())
         };
-        write()
-            .context("failed to register private binfmt_misc handler for foreign-arch command")?;
+        write().with_context(|| {
+            format!(
+                "failed to register private binfmt_misc handler for foreign-arch command: \
+                 write rule {} to {}",
+                self.name,
+                shown.join("register").display()
+            )
+        })?;
         Ok(RegisteredRule {
-            path: PathBuf::from(format!("{BINFMT_MISC_DIR}/{}", self.name)),
+            mount,
+            name: self.name.clone(),
+            shown: shown.join(&self.name),
         })
     }
 }
@@ -210,25 +220,30 @@ impl BinfmtRule {
 /// A registered rule; [`RegisteredRule::unregister`] removes it.
 #[derive(Debug)]
 pub(crate) struct RegisteredRule {
-    path: PathBuf,
+    /// The binfmt_misc instance the rule is in.
+    mount: OwnedFd,
+    name: String,
+    /// The rule's file, for messages.
+    shown: PathBuf,
 }
 
 impl RegisteredRule {
     /// Writes `-1` to the rule's file, if it still exists.
     pub(crate) fn unregister(self) -> Result<()> {
-        if !self.path.exists() {
-            return Ok(());
-        }
+        let flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let write = || -> io::Result<()> {
-            fs::OpenOptions::new()
-                .write(true)
-                .open(&self.path)?
-                .write_all(b"-1")
+            let name = self.name.as_str();
+            let rule = match rustix::fs::openat(&self.mount, name, flags, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT) => return Ok(()),
+                Err(err) => return Err(err.into()),
+            };
+            fs::File::from(rule).write_all(b"-1")
         };
         write().with_context(|| {
             format!(
                 "failed to unregister binfmt_misc handler {}",
-                self.path.display()
+                self.shown.display()
             )
         })
     }

@@ -1,9 +1,13 @@
 //! The inner runner (upstream §3.6): runs in the re-executed process, which
 //! is PID 1 of fresh namespaces. It proves the isolation, mounts, `chroot`s
 //! and spawns the payload.
+//!
+//! The root is opened once, by the isolation proof; the prefix and sentinel
+//! checks, every mount target and the `chroot` (`fchdir` + `chroot(".")`)
+//! go through that fd, so what was checked is what is entered.
 
-use std::collections::HashSet;
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -12,10 +16,14 @@ use anyhow::{bail, Context, Result};
 use rustix::process::{setrlimit, Resource, Rlimit};
 
 use super::emulator::{BinfmtRule, BINFMT_MISC_DIR};
-use super::host::{canonicalize_runtime_root_prefix, verify_sentinel};
-use super::mounts::{
-    bind_onto, mount_binfmt_misc_onto, mount_proc_onto, prepare_container_mount_target, TargetKind,
+use super::host::{
+    canonicalize_runtime_root_prefix, open_dir_canonical, verify_sentinel, DirHandle,
 };
+use super::mounts::{
+    attach_bind, clone_bind_source, is_directory, is_root_destination, mount_binfmt_misc_onto,
+    mount_proc_onto, prepare_container_mount_target, TargetKind,
+};
+use super::privileges::restrict_privileges;
 use super::reexec::{ENV_PARENT_MOUNT_NS, ENV_PRIVATE_NS, ENV_RUNTIME_ROOT_PREFIX};
 use super::validate::{mount_covers, validate_container_request};
 use super::ContainerRunCommand;
@@ -115,8 +123,10 @@ pub fn run_isolated_container_command_with_options(
 
 /// Upstream's `ensure_isolated_runtime`: refuse to mount anything unless
 /// this process is in a private mount namespace and the root carries the
-/// sentinel of the declared prefix. Returns the canonical root.
-pub(crate) fn ensure_isolated_runtime(root: &Path) -> Result<PathBuf> {
+/// sentinel of the declared prefix. Returns the root, opened once: the
+/// checks here and the mounts and `chroot` after them all go through that
+/// fd.
+pub(crate) fn ensure_isolated_runtime(root: &Path) -> Result<DirHandle> {
     if std::env::var_os(ENV_PRIVATE_NS).is_none() {
         bail!("refusing to run container command without {ENV_PRIVATE_NS}=1");
     }
@@ -133,26 +143,33 @@ pub(crate) fn ensure_isolated_runtime(root: &Path) -> Result<PathBuf> {
     let prefix = std::env::var_os(ENV_RUNTIME_ROOT_PREFIX)
         .with_context(|| format!("missing required env {ENV_RUNTIME_ROOT_PREFIX}"))?;
     let prefix = canonicalize_runtime_root_prefix(Path::new(&prefix))?;
+    open_container_root(root, &prefix)
+}
+
+/// Opens the root (following symlinks, as upstream's canonicalization
+/// did), checks that it is under the prefix and that its sentinel holds
+/// the prefix.
+fn open_container_root(root: &Path, prefix: &Path) -> Result<DirHandle> {
     if root == Path::new("/") {
         bail!("container root must not be /");
     }
-    let root = fs::canonicalize(root)
+    let root = open_dir_canonical(root)
         .with_context(|| format!("failed to canonicalize container root {}", root.display()))?;
-    if !root.starts_with(&prefix) {
+    if !root.path.starts_with(prefix) {
         bail!(
             "refusing to run container command outside runtime root prefix: {} is not under {}",
-            root.display(),
+            root.path.display(),
             prefix.display()
         );
     }
-    verify_sentinel(&root, &prefix)?;
+    verify_sentinel(&root, prefix)?;
     Ok(root)
 }
 
 /// Upstream's `run_container_command_inner_with_options`, after the proof.
 pub(crate) fn run_phase(
     command: &ContainerRunCommand,
-    root: &Path,
+    root: &DirHandle,
     options: &RunOptions,
 ) -> Result<()> {
     let binfmt = command
@@ -160,28 +177,35 @@ pub(crate) fn run_phase(
         .as_deref()
         .map(BinfmtRule::for_emulator)
         .transpose()?;
-    fs::create_dir_all(root).with_context(|| format!("failed to create {}", root.display()))?;
-    mount_user_binds(command, root)?;
+    // A user mount at `/` replaces the root for everything after it.
+    let replaced = mount_user_binds(command, root)?;
+    let base = replaced.as_ref().unwrap_or(&root.fd);
     let proc_target = prepare_container_mount_target(
-        root,
+        base,
+        &root.path,
         "/proc",
         TargetKind::Directory,
         "container auto-mount target",
     )?;
-    mount_proc_onto(&proc_target)
-        .with_context(|| format!("failed to mount proc at {}", root.join("proc").display()))?;
-    if binfmt.is_some() {
-        mount_binfmt_misc(root)?;
-    }
-    mount_auto_binds(command, root, options)?;
+    mount_proc_onto(&proc_target).with_context(|| {
+        format!(
+            "failed to mount proc at {}",
+            root.path.join("proc").display()
+        )
+    })?;
+    let binfmt_mount = match binfmt {
+        Some(_) => Some(mount_binfmt_misc(base, &root.path)?),
+        None => None,
+    };
+    mount_auto_binds(command, base, &root.path, options)?;
     if options.disable_network {
         sys::loopback_up().context("failed to bring up the loopback interface")?;
     }
-    enter_root(root, &command.cwd)?;
-    let Some(rule) = binfmt else {
+    enter_root(base, &root.path, &command.cwd)?;
+    let (Some(rule), Some(mount)) = (binfmt, binfmt_mount) else {
         return start_payload(command, options, options.exec_payload);
     };
-    let registered = rule.register()?;
+    let registered = rule.register(mount, &binfmt_misc_path(&root.path))?;
     let outcome = start_payload(command, options, false);
     // Always unregister; when both fail, the payload's error is the one
     // that matters.
@@ -210,11 +234,18 @@ fn start_payload(
     check_exit(command, status)
 }
 
+/// Where the run's binfmt_misc is, seen from the host.
+fn binfmt_misc_path(root: &Path) -> PathBuf {
+    root.join(BINFMT_MISC_DIR.trim_start_matches('/'))
+}
+
 /// Mounts binfmt_misc at `<root>/proc/sys/fs/binfmt_misc` (inside the
-/// fresh procfs), where the rule is registered after the `chroot`.
-fn mount_binfmt_misc(root: &Path) -> Result<()> {
+/// fresh procfs) and returns the mount's fd, through which the rule is
+/// registered after the `chroot`.
+fn mount_binfmt_misc(base: &OwnedFd, shown: &Path) -> Result<OwnedFd> {
     let target = prepare_container_mount_target(
-        root,
+        base,
+        shown,
         BINFMT_MISC_DIR,
         TargetKind::Directory,
         "container auto-mount target",
@@ -222,40 +253,49 @@ fn mount_binfmt_misc(root: &Path) -> Result<()> {
     mount_binfmt_misc_onto(&target).with_context(|| {
         format!(
             "failed to mount binfmt_misc at {}",
-            root.join(BINFMT_MISC_DIR.trim_start_matches('/')).display()
+            binfmt_misc_path(shown).display()
         )
     })
 }
 
-fn mount_user_binds(command: &ContainerRunCommand, root: &Path) -> Result<()> {
+/// Binds each user mount, in order. The source is cloned first and its
+/// type read from the clone, so the target kind matches what is mounted.
+/// Returns the mount that replaced the root, if one was made at `/`.
+fn mount_user_binds(command: &ContainerRunCommand, root: &DirHandle) -> Result<Option<OwnedFd>> {
+    let mut replaced: Option<OwnedFd> = None;
     for mount in &command.mounts {
-        let metadata = fs::metadata(&mount.source)
+        let tree = clone_bind_source(&mount.source)
             .with_context(|| format!("missing bind mount source {}", mount.source.display()))?;
-        let kind = if metadata.is_dir() {
-            TargetKind::Directory
-        } else {
-            TargetKind::File
-        };
-        let target = prepare_container_mount_target(
-            root,
-            &mount.destination,
-            kind,
-            "container mount destination",
-        )?;
-        bind_onto(&mount.source, &target, mount.read_only).with_context(|| {
+        let failed = || {
             format!(
                 "failed to bind mount {} onto {}",
                 mount.source.display(),
                 mount.destination
             )
-        })?;
+        };
+        let kind = match is_directory(&tree).with_context(failed)? {
+            true => TargetKind::Directory,
+            false => TargetKind::File,
+        };
+        let target = prepare_container_mount_target(
+            replaced.as_ref().unwrap_or(&root.fd),
+            &root.path,
+            &mount.destination,
+            kind,
+            "container mount destination",
+        )?;
+        attach_bind(&tree, &target, mount.read_only).with_context(failed)?;
+        if is_root_destination(&mount.destination) {
+            replaced = Some(tree);
+        }
     }
-    Ok(())
+    Ok(replaced)
 }
 
 fn mount_auto_binds(
     command: &ContainerRunCommand,
-    root: &Path,
+    base: &OwnedFd,
+    shown: &Path,
     options: &RunOptions,
 ) -> Result<()> {
     let covered = |target: &str| {
@@ -270,27 +310,32 @@ fn mount_auto_binds(
     }
     targets.extend(AUTO_DEVICES.iter().copied().filter(|d| !covered(d)));
     for target in targets {
-        let source = Path::new(target);
-        if !source.exists() {
-            continue;
-        }
+        let failed = || format!("failed to bind mount {target} into the container");
+        let tree = match clone_bind_source(Path::new(target)) {
+            Ok(tree) => tree,
+            // Upstream skips what the host lacks.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err).with_context(failed),
+        };
         let fd = prepare_container_mount_target(
-            root,
+            base,
+            shown,
             target,
             TargetKind::File,
             "container auto-mount target",
         )?;
-        bind_onto(source, &fd, false)
-            .with_context(|| format!("failed to bind mount {target} into the container"))?;
+        attach_bind(&tree, &fd, false).with_context(failed)?;
     }
     Ok(())
 }
 
-/// `chroot`, then `chdir("/")` so no directory outside the root stays
-/// reachable, then the requested cwd.
-fn enter_root(root: &Path, cwd: &str) -> Result<()> {
-    rustix::process::chroot(root)
-        .with_context(|| format!("failed to chroot into {}", root.display()))?;
+/// `chroot` into the held root (`fchdir` to it, then `chroot(".")`),
+/// then `chdir("/")` so no directory outside the root stays reachable,
+/// then the requested cwd.
+fn enter_root(root: &OwnedFd, shown: &Path, cwd: &str) -> Result<()> {
+    rustix::process::fchdir(root)
+        .and_then(|()| rustix::process::chroot("."))
+        .with_context(|| format!("failed to chroot into {}", shown.display()))?;
     rustix::process::chdir("/").context("failed to chdir to /")?;
     rustix::process::chdir(cwd).with_context(|| format!("failed to chdir to {cwd}"))?;
     Ok(())
@@ -311,49 +356,6 @@ fn apply_limits(limits: &ResourceLimits) -> Result<()> {
             setrlimit(resource, limit).with_context(|| format!("set {name} for build cell"))?;
         }
     }
-    Ok(())
-}
-
-/// Docker's default capability set; everything else leaves the bounding set.
-fn docker_default_caps() -> HashSet<caps::Capability> {
-    use caps::Capability::*;
-    [
-        CAP_CHOWN,
-        CAP_DAC_OVERRIDE,
-        CAP_FSETID,
-        CAP_FOWNER,
-        CAP_MKNOD,
-        CAP_NET_RAW,
-        CAP_SETGID,
-        CAP_SETUID,
-        CAP_SETFCAP,
-        CAP_SETPCAP,
-        CAP_NET_BIND_SERVICE,
-        CAP_SYS_CHROOT,
-        CAP_KILL,
-        CAP_AUDIT_WRITE,
-    ]
-    .into_iter()
-    .collect()
-}
-
-/// Narrows what the payload can gain at exec to Docker's default set, and
-/// forbids gaining more through setuid binaries or file capabilities.
-fn restrict_privileges() -> Result<()> {
-    use caps::CapSet;
-    let keep = docker_default_caps();
-    let bounding = caps::read(None, CapSet::Bounding).context("failed to read the bounding set")?;
-    for cap in bounding.difference(&keep) {
-        caps::drop(None, CapSet::Bounding, *cap)
-            .with_context(|| format!("failed to drop {cap} from the bounding set"))?;
-    }
-    let inheritable =
-        caps::read(None, CapSet::Inheritable).context("failed to read the inheritable set")?;
-    let inheritable: HashSet<_> = inheritable.intersection(&keep).copied().collect();
-    caps::set(None, CapSet::Inheritable, &inheritable)
-        .context("failed to narrow the inheritable set")?;
-    caps::clear(None, CapSet::Ambient).context("failed to clear the ambient set")?;
-    rustix::thread::set_no_new_privs(true).context("failed to set no_new_privs")?;
     Ok(())
 }
 

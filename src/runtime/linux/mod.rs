@@ -5,7 +5,8 @@
 //!
 //! Split by phase: validation rules, host preparation, re-exec
 //! construction, the in-process probe, mount-target preparation, the
-//! inner runner, the QEMU emulator, build cells and the OCI rootfs.
+//! inner runner and its privilege narrowing, the QEMU emulator, build
+//! cells and the OCI rootfs.
 #![forbid(unsafe_code)]
 
 mod build_cell;
@@ -14,6 +15,7 @@ mod host;
 mod inner;
 mod mounts;
 mod oci_rootfs;
+mod privileges;
 mod probe;
 mod reexec;
 mod validate;

@@ -1,24 +1,26 @@
 //! Mount targets and mounts for the inner runner (upstream §3.3's
 //! `prepare_container_mount_target`, §3.6 steps 2 to 6).
 //!
-//! A target is prepared by walking the root through directory fds and
-//! refusing every symlink, and the mount goes onto the fd that walk ended
-//! with (`move_mount` with `MOVE_MOUNT_T_EMPTY_PATH`), so no path string is
-//! resolved again between the check and the mount.
+//! A target is prepared by walking from the root's fd through directory
+//! fds and refusing every symlink, and the mount goes onto the fd that walk
+//! ended with (`move_mount` with `MOVE_MOUNT_T_EMPTY_PATH`), so no path
+//! string is resolved again between the check and the mount. Bind sources
+//! are cloned (`open_tree`) before anything else looks at them, and their
+//! type is read from the clone.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use rustix::fs::{Mode, OFlags, CWD};
+use rustix::fs::{FileType, Mode, OFlags, CWD};
 use rustix::io::Errno;
 use rustix::mount::{
     fsconfig_create, fsmount, fsopen, move_mount, open_tree, FsMountFlags, FsOpenFlags,
     MountAttrFlags, MoveMountFlags, OpenTreeFlags,
 };
 
-use super::host::{make_dir_at, open_dir_nofollow, open_entry, Entry};
+use super::host::{make_dir_at, open_entry, Entry};
 use crate::sys;
 
 /// Whether a mount target should be a directory or a file.
@@ -29,11 +31,13 @@ pub(crate) enum TargetKind {
 }
 
 /// Upstream's `prepare_container_mount_target`: creates the missing parts
-/// of `dest` under `root` (directories, and an empty file or directory at
-/// the end), refusing symlinks and wrong types. Returns an `O_PATH` fd of
-/// the target.
+/// of `dest` under the root held by `root` (directories, and an empty file
+/// or directory at the end), refusing symlinks and wrong types. Returns an
+/// `O_PATH` fd of the target; `dest` `/` is the root itself. `shown` is the
+/// root's path, for messages only.
 pub(crate) fn prepare_container_mount_target(
-    root: &Path,
+    root: &OwnedFd,
+    shown: &Path,
     dest: &str,
     kind: TargetKind,
     ctx: &str,
@@ -48,14 +52,10 @@ pub(crate) fn prepare_container_mount_target(
     if names.is_empty() && kind == TargetKind::File {
         bail!("{ctx} must not be /");
     }
-    let mut current = match open_dir_nofollow(root) {
-        Ok(fd) => fd,
-        Err(err) if err.raw_os_error() == Some(libc::ELOOP) => {
-            bail!("{ctx} {dest} traverses a symlink at {}", root.display())
-        }
-        Err(err) => return Err(err).with_context(|| format!("failed to open {}", root.display())),
-    };
-    let mut partial = PathBuf::from(root);
+    let mut current = root
+        .try_clone()
+        .with_context(|| format!("failed to duplicate the fd of {}", shown.display()))?;
+    let mut partial = PathBuf::from(shown);
     for (index, name) in names.iter().enumerate() {
         let last = index + 1 == names.len();
         partial.push(name);
@@ -103,33 +103,58 @@ fn create_empty_file(dir: &OwnedFd, name: &OsStr) -> std::io::Result<()> {
     }
 }
 
-/// Bind-mounts `source` (symlinks followed, not recursive) onto `target`,
-/// read-only if asked. The clone is made read-only while still detached,
-/// so the target is never writable, and locked flags are kept.
-pub(crate) fn bind_onto(source: &Path, target: &OwnedFd, read_only: bool) -> std::io::Result<()> {
-    let tree = open_tree(
+/// Whether `dest` names the container root itself: a mount there replaces
+/// the root for everything after it.
+pub(crate) fn is_root_destination(dest: &str) -> bool {
+    !Path::new(dest)
+        .components()
+        .any(|c| matches!(c, Component::Normal(_)))
+}
+
+/// A detached, non-recursive clone of `source` (symlinks followed), to be
+/// attached with [`attach_bind`].
+pub(crate) fn clone_bind_source(source: &Path) -> std::io::Result<OwnedFd> {
+    Ok(open_tree(
         CWD,
         source,
         OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
-    )?;
+    )?)
+}
+
+/// Whether a bind clone is of a directory, read from the clone itself.
+pub(crate) fn is_directory(tree: &OwnedFd) -> std::io::Result<bool> {
+    let mode = rustix::fs::fstat(tree)?.st_mode;
+    Ok(FileType::from_raw_mode(mode) == FileType::Directory)
+}
+
+/// Attaches a bind clone onto `target`, read-only if asked. The clone is
+/// made read-only while still detached, so the target is never writable,
+/// and locked flags are kept.
+pub(crate) fn attach_bind(
+    tree: &OwnedFd,
+    target: &OwnedFd,
+    read_only: bool,
+) -> std::io::Result<()> {
     if read_only {
         sys::mount_set_readonly(tree.as_fd())?;
     }
-    attach(&tree, target)
+    attach(tree, target)
 }
 
 /// Mounts a fresh procfs of the caller's PID namespace onto `target`.
 pub(crate) fn mount_proc_onto(target: &OwnedFd) -> std::io::Result<()> {
-    mount_new_fs_onto("proc", target)
+    mount_new_fs_onto("proc", target).map(drop)
 }
 
 /// Mounts binfmt_misc onto `target`: the instance of the caller's user
-/// namespace (the host's under the privileged backend).
-pub(crate) fn mount_binfmt_misc_onto(target: &OwnedFd) -> std::io::Result<()> {
+/// namespace (the host's under the privileged backend). Returns the
+/// mount's fd, through which the rule is registered and unregistered, so
+/// whatever the payload later mounts over the path cannot redirect that.
+pub(crate) fn mount_binfmt_misc_onto(target: &OwnedFd) -> std::io::Result<OwnedFd> {
     mount_new_fs_onto("binfmt_misc", target)
 }
 
-fn mount_new_fs_onto(fstype: &str, target: &OwnedFd) -> std::io::Result<()> {
+fn mount_new_fs_onto(fstype: &str, target: &OwnedFd) -> std::io::Result<OwnedFd> {
     let context = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC)?;
     fsconfig_create(&context)?;
     let mount = fsmount(
@@ -137,7 +162,8 @@ fn mount_new_fs_onto(fstype: &str, target: &OwnedFd) -> std::io::Result<()> {
         FsMountFlags::FSMOUNT_CLOEXEC,
         MountAttrFlags::empty(),
     )?;
-    attach(&mount, target)
+    attach(&mount, target)?;
+    Ok(mount)
 }
 
 fn attach(mount: &OwnedFd, target: &OwnedFd) -> std::io::Result<()> {
@@ -148,4 +174,42 @@ fn attach(mount: &OwnedFd, target: &OwnedFd) -> std::io::Result<()> {
         "",
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    use super::super::host::prepare_host_directory;
+    use super::*;
+
+    #[test]
+    fn targets_are_prepared_under_the_held_root_after_a_swap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(tmp.path()).unwrap();
+        let root = prepare_host_directory(&base.join("root"), "container root").unwrap();
+        fs::create_dir(base.join("decoy")).unwrap();
+        fs::rename(base.join("root"), base.join("moved")).unwrap();
+        symlink(base.join("decoy"), base.join("root")).unwrap();
+        for (dest, kind) in [
+            ("/proc/sys", TargetKind::Directory),
+            ("/etc/resolv.conf", TargetKind::File),
+        ] {
+            prepare_container_mount_target(&root.fd, &root.path, dest, kind, "t").unwrap();
+            let rel = dest.trim_start_matches('/');
+            assert!(base.join("moved").join(rel).exists(), "{dest}");
+            assert!(!base.join("decoy").join(rel).exists(), "{dest}");
+        }
+    }
+
+    #[test]
+    fn root_destinations() {
+        for dest in ["/", "//", "/."] {
+            assert!(is_root_destination(dest), "{dest}");
+        }
+        for dest in ["/a", "/./a", "/a/"] {
+            assert!(!is_root_destination(dest), "{dest}");
+        }
+    }
 }

@@ -102,7 +102,7 @@ pub fn build_unshare_reexec_command_with_options(
     if options.disable_network {
         args.push("--net".into());
     }
-    args.extend(trailing_args(&root, command));
+    args.extend(trailing_args(&root.path, command));
     let mut reexec = private_namespace_command(current_exe, subcommand, &prefix, options)?;
     reexec.args(args);
     Ok(reexec)

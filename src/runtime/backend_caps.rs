@@ -1,4 +1,6 @@
-//! What the build-cell backend of the current OS can do.
+//! What the build-cell backend of the current OS can do: feature flags of
+//! the backend, not Linux process capabilities (those are dropped in
+//! `linux::privileges`).
 //!
 //! Build tools run on Linux, macOS and Windows hosts with very different
 //! isolation machinery. Rather than probing at run time, each OS reports a

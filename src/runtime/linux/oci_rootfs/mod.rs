@@ -1,0 +1,173 @@
+//! `prepare_oci_rootfs` (upstream §3.9): fetch an image into an OCI layout
+//! (a per-reference cache entry, or `<pkg>/oci/layout`) and unpack it to
+//! `<pkg>/oci/bundle/rootfs`. Upstream ran `skopeo copy` and `umoci
+//! unpack`; here the copy is [`crate::oci::registry::pull`] and the unpack
+//! is [`crate::unpack::unpack_layers_into`], both in-process.
+//!
+//! One file per concern:
+//! - [`reference`]: upstream's reference normalization (which transports
+//!   are kept, which get `docker://`);
+//! - [`cache`]: cache entries, their key, their `flock` and their refill;
+//! - [`handoff`]: the copy, with each layer handed to the unpacker as soon
+//!   as its blob is in the layout.
+
+mod cache;
+mod handoff;
+mod reference;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::host::{
+    canonicalize_runtime_root_prefix, prepare_host_directory, prepare_runtime_workspace,
+};
+use crate::oci::registry::PullSource;
+use crate::oci::{oci_arch_name, ImageLayout, Platform};
+use crate::runtime::worker_support::remove_path_if_exists;
+use crate::unpack::{unpack_layers_into, LayerInput, UnpackOptions};
+use cache::{cache_identity, cache_key, cached_rootfs};
+use handoff::Copy;
+use reference::normalize_reference;
+
+/// The ref name the image gets inside every layout this module writes.
+const IMAGE_REF: &str = "image";
+
+/// Fetches `reference` and unpacks it into `<package root>/oci/bundle/rootfs`,
+/// returning that (canonical) path.
+///
+/// `reference` is `docker://…`, `oci:DIR[:REF]` or a bare registry
+/// reference (which means `docker://`). With `cache_root`, the layout is
+/// kept in a cache entry keyed by the reference and architecture and
+/// reused, offline, by later calls from any package root. Without it,
+/// `<pkg>/oci/layout` is fetched again every time. `requested_arch` picks
+/// the image from an index (the host's when `None`) and is checked before
+/// anything is fetched.
+pub fn prepare_oci_rootfs(
+    reference: &str,
+    runtime_root_prefix: &Path,
+    runtime_package_root: &Path,
+    cache_root: Option<&Path>,
+    requested_arch: Option<&str>,
+) -> Result<PathBuf> {
+    let prefix = canonicalize_runtime_root_prefix(runtime_root_prefix)?;
+    let package =
+        prepare_runtime_workspace(runtime_package_root, &prefix, "OCI package root")?.path;
+    let oci = package.join("oci");
+    let bundle = oci.join("bundle");
+    remove_if_exists(&bundle)?;
+    // The same symlink-refusing walk as the package root, so a symlinked
+    // `oci` cannot redirect the layout or the bundle.
+    prepare_host_directory(&oci, "OCI package root")?;
+    let normalized = normalize_reference(reference);
+    // Checked before anything is fetched; the message is upstream's.
+    let oci_arch = requested_arch.map(oci_arch_name).transpose()?;
+    let platform = match oci_arch {
+        Some(arch) => Platform::linux(arch)?,
+        None => Platform::host(),
+    };
+    // An unparsable or unsupported reference fails here, before the cache
+    // or the network is touched, with the same top-level phrase as a
+    // failed copy.
+    let destination = match cache_root {
+        Some(cache) => cache
+            .join(cache_key(&cache_identity(&normalized, oci_arch)))
+            .join("layout"),
+        None => oci.join("layout"),
+    };
+    let source =
+        PullSource::parse(&normalized).with_context(|| copy_failed(&normalized, &destination))?;
+    let copy = Copy {
+        normalized: &normalized,
+        source: &source,
+        platform: &platform,
+    };
+    let bundle = Bundle {
+        path: &bundle,
+        platform: &platform,
+    };
+    match cache_root {
+        Some(cache) => cached_rootfs(cache, &copy, oci_arch, &bundle)?,
+        None => {
+            remove_if_exists(&destination)?;
+            copy.copy_and_unpack(&destination, &destination, &bundle, || Ok(()))?;
+        }
+    }
+    let rootfs = bundle.rootfs();
+    if !rootfs.is_dir() {
+        bail!(
+            "OCI image '{reference}' did not unpack to a rootfs at {}",
+            rootfs.display()
+        );
+    }
+    Ok(rootfs)
+}
+
+/// Upstream's error for a failed copy into `layout`.
+fn copy_failed(normalized: &str, layout: &Path) -> String {
+    format!(
+        "copy OCI image {normalized} into {} failed",
+        layout.display()
+    )
+}
+
+/// The bundle the image is unpacked into: `<pkg>/oci/bundle`, holding
+/// `rootfs`.
+struct Bundle<'a> {
+    path: &'a Path,
+    /// The platform to pick when a reused layout is resolved.
+    platform: &'a Platform,
+}
+
+impl Bundle<'_> {
+    fn rootfs(&self) -> PathBuf {
+        self.path.join("rootfs")
+    }
+
+    fn create(&self) -> Result<()> {
+        fs::create_dir(self.path)
+            .with_context(|| format!("failed to create {}", self.path.display()))
+    }
+
+    /// Upstream's error for a failed unpack of the layout at `layout`.
+    fn unpack_failed(&self, layout: &Path) -> String {
+        format!(
+            "unpack OCI image {} into {} failed",
+            layout.display(),
+            self.path.display()
+        )
+    }
+
+    /// Unpacks a complete layout (a reused cache entry).
+    fn unpack_layout(&self, layout: &Path) -> Result<()> {
+        self.create()?;
+        unpack_image(layout, self.platform, &self.rootfs())
+            .with_context(|| self.unpack_failed(layout))
+    }
+}
+
+/// Applies the layers of `layout:image` to a new `rootfs`, verifying every
+/// blob and diff_id. keep-dirlinks and whiteouts are the applier's
+/// semantics; ownership and devices follow privilege.
+fn unpack_image(layout: &Path, platform: &Platform, rootfs: &Path) -> Result<()> {
+    let image_layout = ImageLayout::open(layout)?;
+    let image = image_layout.resolve(Some(IMAGE_REF), platform)?;
+    let mut layers = Vec::with_capacity(image.layers.len());
+    for layer in &image.layers {
+        layers.push(LayerInput {
+            blob: Box::new(image_layout.open_blob(&layer.digest)?),
+            digest: layer.digest.to_string(),
+            size: layer.size,
+            diff_id: layer.diff_id.to_string(),
+            blob_verified: false,
+        });
+    }
+    unpack_layers_into(rootfs, layers, UnpackOptions::default(), &mut |_, _| {})?;
+    Ok(())
+}
+
+/// Removes whatever is at `path` without following a symlink there.
+fn remove_if_exists(path: &Path) -> Result<()> {
+    remove_path_if_exists(path).with_context(|| format!("failed to remove {}", path.display()))
+}
