@@ -3,6 +3,10 @@
 //!
 //! The crate keeps the public API of upstream `metalor` 0.3.2 (`parser`,
 //! `runtime` and the crate-root re-exports) and adds typed layers beside it.
+//!
+//! Module docs that say "upstream-api.md" cite the upstream description
+//! kept with the project's shared specs (`shared/spec/upstream-api.md`, beside
+//! this repository), by the title of the section they implement.
 // Unsafe code is confined to the `sys` module, which opts back in.
 #![deny(unsafe_code)]
 

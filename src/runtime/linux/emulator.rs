@@ -1,4 +1,5 @@
-//! Foreign-architecture execution (upstream §3.8, §3.6 steps 4, 8, 10):
+//! Foreign-architecture execution (upstream-api.md: `prepare_runtime_emulator`,
+//! and steps 4, 8 and 10 of the inner runner):
 //! stage a static QEMU user emulator in the root, and register it with
 //! binfmt_misc for the duration of one run.
 //!

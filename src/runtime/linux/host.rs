@@ -1,4 +1,5 @@
-//! Host preparation (upstream §3.3): the runtime root prefix, the
+//! Host preparation (upstream-api.md, "Shared validation rules"): the
+//! runtime root prefix, the
 //! symlink-refusing directory walk, and the root sentinel `.metalor-root`.
 //!
 //! The walk goes through directory fds (`openat` with `O_NOFOLLOW`, then

@@ -1,4 +1,4 @@
-//! The inner runner (upstream §3.6): runs in the re-executed process, which
+//! The inner runner (upstream-api.md, `run_isolated_container_command`): runs in the re-executed process, which
 //! is PID 1 of fresh namespaces. It proves the isolation, mounts, `chroot`s
 //! and spawns the payload.
 //!

@@ -1,4 +1,4 @@
-//! The Linux execution layer (upstream §3): validation, host preparation,
+//! The Linux execution layer (upstream-api.md, "Linux runtime"): validation, host preparation,
 //! the namespace re-exec, and the inner runner that mounts, `chroot`s and
 //! spawns the payload. Every namespace and mount operation is a direct
 //! syscall; nothing here spawns a helper program.

@@ -1,5 +1,6 @@
-//! Mount targets and mounts for the inner runner (upstream §3.3's
-//! `prepare_container_mount_target`, §3.6 steps 2 to 6).
+//! Mount targets and mounts for the inner runner (upstream-api.md:
+//! `prepare_container_mount_target` under "Shared validation rules", and
+//! steps 2 to 6 of "the inner runner").
 //!
 //! A target is prepared by walking from the root's fd through directory
 //! fds and refusing every symlink, and the mount goes onto the fd that walk

@@ -1,4 +1,5 @@
-//! The rootless user-namespace probe (upstream §3.5), done in-process: a
+//! The rootless user-namespace probe (upstream-api.md,
+//! `probe_rootless_userns`), done in-process: a
 //! forked child enters the same namespaces the rootless re-exec would and
 //! exits. Results are memoised per `disable_network`, failures included.
 

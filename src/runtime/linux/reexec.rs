@@ -1,4 +1,4 @@
-//! Re-exec construction (upstream §3.4): validate, prepare the root on the
+//! Re-exec construction (upstream-api.md, `build_unshare_reexec_command`): validate, prepare the root on the
 //! host, and return a `Command` that re-runs the caller inside fresh
 //! namespaces. Where upstream wraps the caller in the `unshare` program,
 //! this returns `Command::new(current_exe)` with a `pre_exec` hook (see

@@ -1,4 +1,5 @@
-//! Upstream's validation rules (§3.3), with its exact top-level phrases.
+//! Upstream's validation rules (upstream-api.md, "Shared validation rules"),
+//! with its exact top-level phrases.
 //! Pure string and path checks: nothing here touches the filesystem.
 
 use std::path::{Component, Path};

@@ -1,4 +1,4 @@
-//! `prepare_oci_rootfs` (upstream §3.9): fetch an image into an OCI layout
+//! `prepare_oci_rootfs` (upstream-api.md, `prepare_oci_rootfs`): fetch an image into an OCI layout
 //! (a per-reference cache entry, or `<pkg>/oci/layout`) and unpack it to
 //! `<pkg>/oci/bundle/rootfs`. Upstream ran `skopeo copy` and `umoci
 //! unpack`; here the copy is [`crate::oci::registry::pull`] and the unpack
