@@ -4,7 +4,6 @@
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
 use metalor::oci::registry::{self, PullEvent, PullOptions};
 use metalor::oci::Platform;
 
@@ -43,8 +42,9 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
     if !args.quiet && std::io::stderr().is_terminal() {
         options.progress = Some(progress_printer());
     }
-    let report = registry::pull_str(&args.source, &args.destination, &options)
-        .with_context(|| format!("pull {} into {}", args.source, args.destination))?;
+    // The error already starts with `pull SOURCE`, and a failure at the
+    // destination names its path; more context would say it all twice.
+    let report = registry::pull_str(&args.source, &args.destination, &options)?;
     if !args.quiet {
         eprintln!(
             "pulled {} as {} ({} blobs, {} bytes fetched)",
