@@ -30,6 +30,9 @@ pub struct PullArgs {
 
 /// Pulls the image and prints a one-line summary unless `--quiet`.
 pub fn run(args: &PullArgs) -> anyhow::Result<()> {
+    // Still single-threaded here, so setting SSL_CERT_FILE (only on a host
+    // without a CA store) cannot race a reader.
+    registry::client::provide_ca_store_for_process();
     let platform = match &args.platform {
         Some(p) => Platform::parse(p)?,
         None => Platform::host(),
