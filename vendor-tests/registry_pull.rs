@@ -256,6 +256,31 @@ fn index_entries_without_platform_pull_and_unpack_alike() {
 }
 
 #[test]
+fn pull_works_on_a_host_without_a_ca_store() {
+    let test = "pull_works_on_a_host_without_a_ca_store";
+    let Some(registry) = Registry::start(test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixtures_dir().join("demo");
+    registry.push(&src, "latest", "demo", false);
+    // With these set, rustls-native-certs finds no certificate at all,
+    // as in an empty image: the binary falls back to its bundled roots.
+    let empty = tmp.path().join("no-certs");
+    std::fs::create_dir(&empty).unwrap();
+    let ours = tmp.path().join("ours");
+    ok(metalor_pull(
+        tmp.path(),
+        &["--quiet", &registry.url("demo"), &oci(&ours, "img")],
+        &[
+            ("SSL_CERT_FILE", &empty.join("none.pem")),
+            ("SSL_CERT_DIR", &empty),
+        ],
+    ));
+    assert_eq!(ref_digest(&ours, "img"), ref_digest(&src, "latest"));
+}
+
+#[test]
 fn pull_by_digest_and_not_found_messages() {
     let test = "pull_by_digest_and_not_found_messages";
     let Some(registry) = Registry::start(test) else {
