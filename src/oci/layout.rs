@@ -1,7 +1,7 @@
 #![forbid(unsafe_code)]
 //! Reading OCI image layouts: `index.json`, ref names, and the manifest,
 //! config and layer list of one image. Index peeling and platform choice
-//! are [`select`](super::select)'s, shared with the registry pull.
+//! are the `oci::select` module's, shared with the registry pull.
 //!
 //! Layouts come from skopeo, umoci, ocidir or metalor's own pull. The
 //! directory is opened through `ocidir`, whose `cap_std` handles keep every

@@ -6,7 +6,7 @@
 //! digest; when it is an index (OCI index or Docker manifest list), pick
 //! the entry for the requested platform (the host's by default) and copy
 //! only that image; a single manifest is copied whatever its platform.
-//! The choice is [`select`](super::select)'s, the same walk the layout
+//! The choice is the `oci::select` module's, the same walk the layout
 //! reader runs, so a pull and an unpack of one index agree.
 //! Config and layers are downloaded concurrently (bounded), each verified
 //! while it streams and renamed into place only when digest and size
