@@ -107,7 +107,18 @@ fn pull_via(proxy: &FaultProxy, dest: &Path, opts: &PullOptions) -> Result<(), S
     let source = PullSource::parse(&format!("docker://{}/big:latest", proxy.addr)).unwrap();
     registry::pull(&source, dest, "img", opts)
         .map(drop)
-        .map_err(|e| e.to_string())
+        .map_err(|e| chain(&e))
+}
+
+/// An error and its causes, as the CLI prints them (one link each).
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
 }
 
 /// The layout holds exactly the source's image, verified, nothing else.

@@ -13,7 +13,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use registry_support::{
-    assert_blobs_verified, blob_set, multiarch_layout, ref_digest, stray_files, Registry,
+    assert_blobs_verified, blob_set, multiarch_layout, multiarch_layout_with, ref_digest,
+    stray_files, Registry,
 };
 use support::{assert_same_tree, fixtures_dir, metalor_unpack, oci_arg, require_tool, run};
 
@@ -184,6 +185,99 @@ fn index_resolves_to_the_requested_platform() {
         "{err}"
     );
     assert!(!ours.join("index.json").exists());
+}
+
+/// `metalor inspect --platform PLATFORM IMAGE`: the manifest the layout
+/// reader chooses.
+fn inspected_manifest(image: &str, platform: &str) -> String {
+    let out = run(Command::new(METALOR).args(["inspect", "--platform", platform, image]));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    summary["manifestDigest"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn index_entries_without_platform_pull_and_unpack_alike() {
+    let test = "index_entries_without_platform_pull_and_unpack_alike";
+    let Some(registry) = Registry::start(test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (layout, amd64, arm64) = multiarch_layout_with(tmp.path(), "bare", false);
+    registry.push(&layout, "latest", "bare", true);
+    let source = oci(&layout, "latest");
+    for (platform, want) in [("linux/amd64", &amd64), ("linux/arm64", &arm64)] {
+        let arch = &platform[6..];
+        let ours = tmp.path().join(format!("pulled-{arch}"));
+        ok(metalor_pull(
+            tmp.path(),
+            &[
+                "--quiet",
+                "--platform",
+                platform,
+                &registry.url("bare:latest"),
+                &oci(&ours, "img"),
+            ],
+            &[],
+        ));
+        // The registry pull and the layout reader choose the same manifest,
+        // the one whose config names the platform.
+        assert_eq!(&ref_digest(&ours, "img"), want, "{platform}");
+        assert_eq!(inspected_manifest(&source, platform), *want, "{platform}");
+        assert_readable(&ours, "img", test);
+        let pulled = tmp.path().join(format!("pulled-{arch}-rootfs"));
+        let direct = tmp.path().join(format!("direct-{arch}-rootfs"));
+        metalor_unpack(&ours, "img", &pulled);
+        run(Command::new(METALOR)
+            .args([
+                "unpack",
+                "--quiet",
+                "--platform",
+                platform,
+                "--image",
+                &source,
+            ])
+            .arg(&direct));
+        assert_same_tree(platform, ("pulled", &pulled), ("layout", &direct));
+    }
+    let err = failed(metalor_pull(
+        tmp.path(),
+        &[
+            "--platform",
+            "linux/riscv64",
+            &registry.url("bare:latest"),
+            &oci(&tmp.path().join("none"), "img"),
+        ],
+        &[],
+    ));
+    assert!(
+        err.contains("no match (available: linux/amd64, linux/arm64/v8)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pull_works_on_a_host_without_a_ca_store() {
+    let test = "pull_works_on_a_host_without_a_ca_store";
+    let Some(registry) = Registry::start(test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixtures_dir().join("demo");
+    registry.push(&src, "latest", "demo", false);
+    // With these set, rustls-native-certs finds no certificate at all,
+    // as in an empty image: the binary falls back to its bundled roots.
+    let empty = tmp.path().join("no-certs");
+    std::fs::create_dir(&empty).unwrap();
+    let ours = tmp.path().join("ours");
+    ok(metalor_pull(
+        tmp.path(),
+        &["--quiet", &registry.url("demo"), &oci(&ours, "img")],
+        &[
+            ("SSL_CERT_FILE", &empty.join("none.pem")),
+            ("SSL_CERT_DIR", &empty),
+        ],
+    ));
+    assert_eq!(ref_digest(&ours, "img"), ref_digest(&src, "latest"));
 }
 
 #[test]

@@ -4,7 +4,6 @@
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
 use metalor::oci::registry::{self, PullEvent, PullOptions};
 use metalor::oci::Platform;
 
@@ -31,6 +30,9 @@ pub struct PullArgs {
 
 /// Pulls the image and prints a one-line summary unless `--quiet`.
 pub fn run(args: &PullArgs) -> anyhow::Result<()> {
+    // Still single-threaded here, so setting SSL_CERT_FILE (only on a host
+    // without a CA store) cannot race a reader.
+    registry::client::provide_ca_store_for_process();
     let platform = match &args.platform {
         Some(p) => Platform::parse(p)?,
         None => Platform::host(),
@@ -43,8 +45,9 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
     if !args.quiet && std::io::stderr().is_terminal() {
         options.progress = Some(progress_printer());
     }
-    let report = registry::pull_str(&args.source, &args.destination, &options)
-        .with_context(|| format!("pull {} into {}", args.source, args.destination))?;
+    // The error already starts with `pull SOURCE`, and a failure at the
+    // destination names its path; more context would say it all twice.
+    let report = registry::pull_str(&args.source, &args.destination, &options)?;
     if !args.quiet {
         eprintln!(
             "pulled {} as {} ({} blobs, {} bytes fetched)",

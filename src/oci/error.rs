@@ -129,6 +129,16 @@ pub enum OciError {
         document: String,
     },
 
+    /// A manifest or index is not schema version 2 (Docker schema 1
+    /// manifests are signed JSON of another shape and are not read).
+    #[error("read {name}: unsupported schemaVersion {}: expected 2 (Docker schema 1 is not supported)", found.map_or("none".to_owned(), |v| v.to_string()))]
+    UnsupportedSchemaVersion {
+        /// The document's digest.
+        name: String,
+        /// The version it declares, if any.
+        found: Option<u32>,
+    },
+
     /// A document has both `manifests` and `layers`/`config`, so it could
     /// be read as either kind (CVE-2021-41190).
     #[error("read {name}: ambiguous document: it has both manifests and layers or config")]

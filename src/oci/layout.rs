@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
-//! Reading OCI image layouts: `index.json`, ref names, index peeling,
-//! platform choice, and the manifest, config and layer list of one image.
+//! Reading OCI image layouts: `index.json`, ref names, and the manifest,
+//! config and layer list of one image. Index peeling and platform choice
+//! are the `oci::select` module's, shared with the registry pull.
 //!
 //! Layouts come from skopeo, umoci, ocidir or metalor's own pull. The
 //! directory is opened through `ocidir`, whose `cap_std` handles keep every
@@ -8,8 +9,9 @@
 //! Documents are read whole under a size cap, checked against the digest
 //! and size of the descriptor that named them, and only then parsed; their
 //! original bytes are kept because re-serialising would change digests.
-//! Layer blobs are only located here; the unpacker streams and verifies
-//! them with [`DigestVerifier`](super::DigestVerifier).
+//! Layer blobs are only located and size-checked here; the unpacker opens
+//! them with [`ImageLayout::open_blob`] and checks each one's digest and
+//! diff_id as it streams it.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -24,15 +26,13 @@ use super::document::{RawDescriptor, RawDocument};
 use super::error::OciError;
 use super::media::{self, Compression, DocumentKind};
 use super::platform::Platform;
+use super::select::{self, Document, Step, Target, Walk};
 
 /// The largest index, manifest or config metalor reads. Real documents are
 /// a few KiB; the cap keeps a hostile one from exhausting memory.
 pub const MAX_DOCUMENT_SIZE: u64 = 4 * 1024 * 1024;
 
-/// How many index levels are peeled before giving up. Registries use one
-/// (an index of manifests) and skopeo layouts two; eight leaves room while
-/// bounding work on a crafted chain.
-pub const MAX_INDEX_DEPTH: usize = 8;
+pub use super::select::MAX_INDEX_DEPTH;
 
 /// The annotation that names an image inside a layout.
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
@@ -100,35 +100,28 @@ struct RawRootfs {
     diff_ids: Vec<String>,
 }
 
-/// A verified, parsed index or manifest.
-#[derive(Debug)]
-struct Document {
-    digest: Digest,
-    media_type: String,
-    kind: DocumentKind,
-    bytes: Vec<u8>,
-    body: RawDocument,
-}
-
 impl ImageLayout {
     /// Opens the layout at `dir`. Checks that it has an `oci-layout` file
     /// and a `blobs/sha256` directory, so that pointing at the wrong
-    /// directory fails here and not with a confusing missing blob later.
+    /// directory fails here, naming the missing file, and not with a
+    /// confusing missing blob later. `index.json` is read by
+    /// [`ImageLayout::resolve`]: a layout being pulled into has none yet.
     pub fn open(dir: &Path) -> Result<ImageLayout, OciError> {
-        let io_err = |op, source| OciError::Io {
-            op,
-            path: dir.to_path_buf(),
+        let io_err = |path: &Path, source| OciError::Io {
+            op: "open layout",
+            path: path.to_path_buf(),
             source,
         };
-        let handle = Dir::open_ambient_dir(dir, ambient_authority())
-            .map_err(|e| io_err("open layout", e))?;
-        let store = OciDir::open(handle).map_err(|e| io_err("open layout", ocidir_io(e)))?;
-        let layout = ImageLayout {
+        let handle = Dir::open_ambient_dir(dir, ambient_authority()).map_err(|e| io_err(dir, e))?;
+        check_layout_marker(&handle, dir)?;
+        let blobs = handle
+            .open_dir(BLOBS_SHA256)
+            .map_err(|e| io_err(&dir.join(BLOBS_SHA256), e))?;
+        Ok(ImageLayout {
             path: dir.to_path_buf(),
-            store,
-        };
-        layout.check_layout_marker()?;
-        Ok(layout)
+            store: OciDir::open_with_external_blobs(handle, blobs)
+                .map_err(|e| io_err(dir, ocidir_io(e)))?,
+        })
     }
 
     /// The directory this layout was opened from.
@@ -148,11 +141,8 @@ impl ImageLayout {
         let index = self.read_index()?;
         let entries = index.manifests.unwrap_or_default();
         let entry = self.choose_entry(&entries, reference)?;
-        let document = self.load_document(entry, "index.json entry")?;
-        let manifest = match document.kind {
-            DocumentKind::Manifest => document,
-            DocumentKind::Index => self.choose_in_index(document, platform, 1)?,
-        };
+        let top = self.load_document(&Target::of(entry)?, "index.json entry")?;
+        let manifest = self.choose(top, platform)?;
         self.assemble(manifest)
     }
 
@@ -168,27 +158,25 @@ impl ImageLayout {
         bytes: &[u8],
     ) -> Result<ResolvedImage, OciError> {
         digest.verify_bytes(bytes, bytes.len() as u64)?;
-        let kind = DocumentKind::from_media_type(media_type)
-            .filter(|kind| *kind == DocumentKind::Manifest)
-            .ok_or_else(|| OciError::UnexpectedMediaType {
+        if DocumentKind::from_media_type(media_type) != Some(DocumentKind::Manifest) {
+            return Err(OciError::UnexpectedMediaType {
                 digest: digest.clone(),
                 media_type: media_type.to_owned(),
                 position: "pulled manifest",
-            })?;
-        let body: RawDocument = parse_json(bytes, "manifest", digest.as_str())?;
-        check_shape(digest, media_type, kind, &body)?;
-        self.image_of(Document {
-            digest: digest.clone(),
-            media_type: media_type.to_owned(),
-            kind,
-            bytes: bytes.to_vec(),
-            body,
-        })
+            });
+        }
+        let manifest = Document::parse(
+            digest.clone(),
+            Some(media_type),
+            bytes.to_vec(),
+            "pulled manifest",
+        )?;
+        self.image_of(manifest)
     }
 
-    /// Opens a blob for streaming, without verifying it: the unpacker wraps
-    /// the file in a [`DigestVerifier`](super::DigestVerifier) so that the
-    /// blob is read only once.
+    /// Opens a blob for streaming, without verifying it: the caller checks
+    /// the digest while it reads, so that the blob is read only once (the
+    /// unpacker checks blob digest and diff_id as it applies a layer).
     pub fn open_blob(&self, digest: &Digest) -> Result<File, OciError> {
         let opened = if digest.algorithm() == "sha256" {
             self.store.blobs_dir().open(digest.hex())
@@ -220,18 +208,6 @@ impl ImageLayout {
         }
     }
 
-    /// Requires the `oci-layout` marker with an `imageLayoutVersion`.
-    fn check_layout_marker(&self) -> Result<(), OciError> {
-        #[derive(Deserialize)]
-        struct Marker {
-            #[serde(rename = "imageLayoutVersion")]
-            _version: String,
-        }
-        let bytes = self.read_capped_file("oci-layout", "layout marker")?;
-        parse_json::<Marker>(&bytes, "layout marker", &self.path.join("oci-layout"))?;
-        Ok(())
-    }
-
     /// Reads and checks `index.json`, which no descriptor vouches for.
     fn read_index(&self) -> Result<RawDocument, OciError> {
         let bytes = self.read_capped_file("index.json", "index")?;
@@ -244,7 +220,7 @@ impl ImageLayout {
             return Err(OciError::MediaTypeMismatch {
                 name,
                 expected: media::OCI_INDEX.to_owned(),
-                document: describe(&index),
+                document: select::describe(&index),
             });
         }
         Ok(index)
@@ -252,26 +228,7 @@ impl ImageLayout {
 
     /// Reads a small file at the layout root, refusing oversized ones.
     fn read_capped_file(&self, name: &str, what: &'static str) -> Result<Vec<u8>, OciError> {
-        let path = self.path.join(name);
-        let io_err = |source| OciError::Io {
-            op: "read",
-            path: path.clone(),
-            source,
-        };
-        let file = self.store.dir().open(name).map_err(io_err)?;
-        let mut bytes = Vec::new();
-        file.take(MAX_DOCUMENT_SIZE + 1)
-            .read_to_end(&mut bytes)
-            .map_err(io_err)?;
-        if bytes.len() as u64 > MAX_DOCUMENT_SIZE {
-            return Err(OciError::DocumentTooLarge {
-                what,
-                name: path.display().to_string(),
-                size: bytes.len() as u64,
-                limit: MAX_DOCUMENT_SIZE,
-            });
-        }
-        Ok(bytes)
+        read_capped_file(self.store.dir(), &self.path, name, ("read", what))
     }
 
     /// Picks the `index.json` entry for `reference`.
@@ -309,36 +266,21 @@ impl ImageLayout {
         }
     }
 
-    /// Reads, verifies and shape-checks the index or manifest `descriptor`
-    /// points at. `position` names where the descriptor was found.
-    fn load_document(
-        &self,
-        descriptor: &RawDescriptor,
-        position: &'static str,
-    ) -> Result<Document, OciError> {
-        let digest = Digest::parse(&descriptor.digest)?;
-        let media_type = descriptor.media_type.clone();
-        let kind = DocumentKind::from_media_type(&media_type).ok_or_else(|| {
-            OciError::UnexpectedMediaType {
-                digest: digest.clone(),
-                media_type: media_type.clone(),
-                position,
-            }
-        })?;
+    /// Reads, verifies and shape-checks the index or manifest `target`
+    /// names. `position` names where its descriptor was found.
+    fn load_document(&self, target: &Target, position: &'static str) -> Result<Document, OciError> {
+        let kind = select::document_kind(&target.digest, &target.media_type, position)?;
         let what = match kind {
             DocumentKind::Index => "index",
             DocumentKind::Manifest => "manifest",
         };
-        let bytes = self.read_document(&digest, descriptor.size, what)?;
-        let body: RawDocument = parse_json(&bytes, what, digest.as_str())?;
-        check_shape(&digest, &media_type, kind, &body)?;
-        Ok(Document {
-            digest,
-            media_type,
-            kind,
+        let bytes = self.read_document(&target.digest, target.size, what)?;
+        Document::parse(
+            target.digest.clone(),
+            Some(&target.media_type),
             bytes,
-            body,
-        })
+            position,
+        )
     }
 
     /// Reads a whole JSON blob under the size cap and verifies it.
@@ -367,110 +309,22 @@ impl ImageLayout {
         Ok(bytes)
     }
 
-    /// Walks an index for the first manifest matching `platform`, peeling
-    /// nested indexes depth first.
-    fn choose_in_index(
-        &self,
-        index: Document,
-        platform: &Platform,
-        depth: usize,
-    ) -> Result<Document, OciError> {
-        if depth > MAX_INDEX_DEPTH {
-            return Err(OciError::IndexTooDeep {
-                digest: index.digest,
-                limit: MAX_INDEX_DEPTH,
-            });
+    /// Runs the shared [`Walk`] from `top` over this layout's blobs.
+    fn choose(&self, top: Document, platform: &Platform) -> Result<Document, OciError> {
+        let mut walk = Walk::new(platform);
+        let mut step = walk.start(top)?;
+        loop {
+            step = match step {
+                Step::Chosen(manifest) => return Ok(*manifest),
+                Step::Document(target) => {
+                    walk.document(self.load_document(&target, "index entry")?)?
+                }
+                Step::Config(target) => {
+                    let bytes = self.read_document(&target.digest, target.size, "config")?;
+                    walk.config(&target, &bytes)?
+                }
+            };
         }
-        let mut available = Vec::new();
-        for child in index.body.manifests.iter().flatten() {
-            if let Some(found) = self.try_child(child, platform, depth, &mut available)? {
-                return Ok(found);
-            }
-        }
-        Err(OciError::NoMatchingPlatform {
-            wanted: platform.to_string(),
-            index: index.digest,
-            available,
-        })
-    }
-
-    /// Considers one index entry: `Some` when it yields a matching manifest,
-    /// `None` (with its platforms noted in `available`) when it does not.
-    /// Entries of unknown media type (signatures, attestations) are skipped
-    /// as the image spec asks.
-    fn try_child(
-        &self,
-        child: &RawDescriptor,
-        platform: &Platform,
-        depth: usize,
-        available: &mut Vec<String>,
-    ) -> Result<Option<Document>, OciError> {
-        let declared = child
-            .platform
-            .as_ref()
-            .map(|p| Platform::from_image(&p.os, &p.architecture, p.variant.as_deref()));
-        match DocumentKind::from_media_type(&child.media_type) {
-            None => Ok(None),
-            Some(DocumentKind::Index) => {
-                self.try_nested_index(child, declared, platform, depth, available)
-            }
-            Some(DocumentKind::Manifest) => self.try_manifest(child, declared, platform, available),
-        }
-    }
-
-    /// A nested index: descend unless its own platform rules it out.
-    fn try_nested_index(
-        &self,
-        child: &RawDescriptor,
-        declared: Option<Platform>,
-        platform: &Platform,
-        depth: usize,
-        available: &mut Vec<String>,
-    ) -> Result<Option<Document>, OciError> {
-        if let Some(declared) = declared.filter(|d| !platform.matches(d)) {
-            available.push(declared.to_string());
-            return Ok(None);
-        }
-        let nested = self.load_document(child, "index entry")?;
-        match self.choose_in_index(nested, platform, depth + 1) {
-            Ok(found) => Ok(Some(found)),
-            Err(OciError::NoMatchingPlatform {
-                available: more, ..
-            }) => {
-                available.extend(more);
-                Ok(None)
-            }
-            Err(other) => Err(other),
-        }
-    }
-
-    /// A manifest entry: match on its declared platform, or on its config's
-    /// when the entry declares none.
-    fn try_manifest(
-        &self,
-        child: &RawDescriptor,
-        declared: Option<Platform>,
-        platform: &Platform,
-        available: &mut Vec<String>,
-    ) -> Result<Option<Document>, OciError> {
-        if let Some(declared) = declared {
-            available.push(declared.to_string());
-            if !platform.matches(&declared) {
-                return Ok(None);
-            }
-            return self.load_document(child, "index entry").map(Some);
-        }
-        let manifest = self.load_document(child, "index entry")?;
-        // Artifacts (signatures, SBOMs) share the manifest type but carry a
-        // non-image config and no platform; they are not candidates.
-        let config_type = manifest.body.config.as_ref().map(|c| c.media_type.as_str());
-        if !config_type.is_some_and(media::is_image_config) {
-            return Ok(None);
-        }
-        let (_, _, config) = self.read_config(&manifest)?;
-        let found = config_platform(&config);
-        available.push(found.to_string());
-        Ok(platform.matches(&found).then_some(manifest))
     }
 
     /// Reads and parses the config a manifest names.
@@ -571,6 +425,52 @@ impl ImageLayout {
     }
 }
 
+/// Where a layout keeps sha256 blobs.
+const BLOBS_SHA256: &str = "blobs/sha256";
+
+/// Requires the `oci-layout` marker with an `imageLayoutVersion`.
+fn check_layout_marker(dir: &Dir, path: &Path) -> Result<(), OciError> {
+    #[derive(Deserialize)]
+    struct Marker {
+        #[serde(rename = "imageLayoutVersion")]
+        _version: String,
+    }
+    let bytes = read_capped_file(dir, path, "oci-layout", ("open layout", "layout marker"))?;
+    parse_json::<Marker>(&bytes, "layout marker", path.join("oci-layout"))?;
+    Ok(())
+}
+
+/// Reads the small file `name` at the root of the layout `dir` (found at
+/// `path`), refusing oversized ones. `op` and `what` name the operation
+/// and the document in errors.
+fn read_capped_file(
+    dir: &Dir,
+    path: &Path,
+    name: &str,
+    (op, what): (&'static str, &'static str),
+) -> Result<Vec<u8>, OciError> {
+    let path = path.join(name);
+    let io_err = |source| OciError::Io {
+        op,
+        path: path.clone(),
+        source,
+    };
+    let file = dir.open(name).map_err(io_err)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_DOCUMENT_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err)?;
+    if bytes.len() as u64 > MAX_DOCUMENT_SIZE {
+        return Err(OciError::DocumentTooLarge {
+            what,
+            name: path.display().to_string(),
+            size: bytes.len() as u64,
+            limit: MAX_DOCUMENT_SIZE,
+        });
+    }
+    Ok(bytes)
+}
+
 /// The path of a blob relative to the layout root.
 fn blob_relpath(digest: &Digest) -> PathBuf {
     Path::new("blobs")
@@ -599,42 +499,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// The CVE-2021-41190 checks: the document must be one kind only, its own
-/// `mediaType` (when present) must equal the descriptor's, and its fields
-/// must fit the kind the descriptor claims.
-fn check_shape(
-    digest: &Digest,
-    media_type: &str,
-    kind: DocumentKind,
-    body: &RawDocument,
-) -> Result<(), OciError> {
-    body.check_unambiguous(digest.as_str())?;
-    let own_type_differs = body
-        .media_type
-        .as_deref()
-        .is_some_and(|own| own != media_type);
-    if own_type_differs || body.shape() != Some(kind) {
-        return Err(OciError::MediaTypeMismatch {
-            name: digest.to_string(),
-            expected: media_type.to_owned(),
-            document: describe(body),
-        });
-    }
-    Ok(())
-}
-
-/// How a document presents itself, for mismatch messages.
-fn describe(body: &RawDocument) -> String {
-    let shape = body
-        .shape()
-        .map_or("neither an index nor a manifest", DocumentKind::name);
-    match &body.media_type {
-        Some(own) => format!("{shape} with mediaType {own}"),
-        None => shape.to_owned(),
-    }
-}
-
-/// The error for a manifest without a config; `check_shape` already
+/// The error for a manifest without a config; `select::check_shape` already
 /// refuses those, so this only keeps `read_config` total.
 fn missing_config(digest: &Digest) -> OciError {
     OciError::MediaTypeMismatch {

@@ -19,6 +19,7 @@ pub mod media;
 pub mod platform;
 pub mod reference;
 pub mod registry;
+pub(crate) mod select;
 
 pub use digest::{Digest, DigestHasher, DigestVerifier};
 pub use error::OciError;

@@ -253,7 +253,18 @@ fn read_blob(layout: &Path, digest: &str) -> Vec<u8> {
 /// linux/arm64/v8. Returns the layout and the two manifest digests
 /// (amd64, arm64).
 pub fn multiarch_layout(dir: &Path) -> (PathBuf, String, String) {
-    let layout = dir.join("multiarch");
+    multiarch_layout_with(dir, "multiarch", true)
+}
+
+/// [`multiarch_layout`] in `dir/name`; with `declare_platforms` false the
+/// index entries carry no `platform`, so only the configs tell the images
+/// apart.
+pub fn multiarch_layout_with(
+    dir: &Path,
+    name: &str,
+    declare_platforms: bool,
+) -> (PathBuf, String, String) {
+    let layout = dir.join(name);
     std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
     std::fs::write(
         layout.join("oci-layout"),
@@ -286,12 +297,15 @@ pub fn multiarch_layout(dir: &Path) -> (PathBuf, String, String) {
         if let Some(v) = variant {
             platform["variant"] = json!(v);
         }
-        entries.push(json!({
+        let mut entry = json!({
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": put(&layout, &manifest_bytes),
             "size": manifest_bytes.len(),
-            "platform": platform,
-        }));
+        });
+        if declare_platforms {
+            entry["platform"] = platform;
+        }
+        entries.push(entry);
     }
     let index = json!({
         "schemaVersion": 2,

@@ -3,10 +3,13 @@
 //!
 //! TLS is rustls on ring. The roots are the host's CA store (when it can
 //! be read) plus Mozilla's roots from `webpki-root-certs`, passed as the
-//! only roots, so the client never depends on a platform verifier and
-//! builds on a host with no CA store at all (a static binary in an empty
-//! image). Plain HTTP is used for loopback registries and, with
-//! `insecure`, for any registry.
+//! only roots, so the client never depends on a platform verifier. Only
+//! oci-client's internal default client wants a host CA store; on a host
+//! with none at all (a static binary in an empty image) the program opts
+//! in to bundled roots once, at start-up, with
+//! [`provide_ca_store_for_process`]: the library itself never touches the
+//! process environment. Plain HTTP is used for loopback registries and,
+//! with `insecure`, for any registry.
 
 use std::io::Write;
 use std::os::fd::IntoRawFd;
@@ -36,13 +39,26 @@ impl Endpoint {
     }
 }
 
-/// Builds a client for `endpoint`. Never fails for lack of system CAs.
+/// Builds a client for `endpoint`, trusting the roots [`roots`] gives.
+/// On a host with no CA store it fails with a [`RegistryError::Setup`]
+/// that says what to do, unless [`provide_ca_store_for_process`] ran
+/// first; it never changes the process environment itself.
 pub(crate) fn build(endpoint: &Endpoint) -> Result<oci_client::Client, RegistryError> {
-    static CA_STORE: std::sync::Once = std::sync::Once::new();
-    CA_STORE.call_once(provide_ca_store_for_oci_client);
     // The process-wide default provider is what reqwest picks up; another
     // part of the program may already have installed one, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // See `provide_ca_store_for_process`: without a CA store, oci-client's
+    // throwaway default client would panic inside `Client::try_from`.
+    if system_roots().is_empty() {
+        return Err(RegistryError::Setup(format!(
+            "build HTTP client for {}: the host has no CA store (none in the system \
+             paths, SSL_CERT_FILE or SSL_CERT_DIR), and oci-client needs one even \
+             though metalor brings its own roots; set SSL_CERT_FILE, or call \
+             metalor::oci::registry::client::provide_ca_store_for_process() \
+             before the program starts threads",
+            endpoint.host
+        )));
+    }
     let protocol = if endpoint.plain_http {
         ClientProtocol::HttpsExcept(vec![endpoint.host.clone()])
     } else {
@@ -104,22 +120,28 @@ fn system_roots() -> Vec<Certificate> {
     usable
 }
 
-/// Works around oci-client 0.18: `Client::try_from(ClientConfig)` ends its
-/// struct literal with `..Default::default()`, which also builds a throwaway
+/// Makes a host without a CA store usable for pulls, for this process.
+///
+/// oci-client 0.18's `Client::try_from(ClientConfig)` ends its struct
+/// literal with `..Default::default()`, which also builds a throwaway
 /// `reqwest::Client::new()`. That one loads the host's CA store and panics
 /// when there is none (a static binary in an empty image), although the
-/// client metalor uses is given its own roots. So when the host has no CA
-/// store and `SSL_CERT_FILE`/`SSL_CERT_DIR` name none, the bundled Mozilla
-/// roots are written to a memfd and `SSL_CERT_FILE` names it through
-/// `/proc/self/fd`, for this process only (pull spawns nothing). It runs
-/// once, before the first client is built and before the pull starts any
-/// thread of its own; a caller with other threads reading the environment
-/// at that moment should set `SSL_CERT_FILE` itself beforehand.
-/// Trust is unchanged: metalor's client trusts the bundled roots anyway.
-fn provide_ca_store_for_oci_client() {
+/// client metalor uses is given its own roots, and oci-client offers no
+/// way to pass roots to the throwaway. So when the host has no CA store
+/// and `SSL_CERT_FILE`/`SSL_CERT_DIR` name none, this writes the bundled
+/// Mozilla roots to a memfd and points `SSL_CERT_FILE` at it through
+/// `/proc/self/fd`; otherwise it does nothing. Trust is unchanged:
+/// metalor's client trusts the bundled roots anyway.
+///
+/// It sets a process environment variable, which is only sound while no
+/// other thread can read the environment: call it at the start of `main`,
+/// before any thread exists. The `metalor` binary does so before `pull`.
+/// The library never calls it; without it, a pull on such a host fails
+/// with a message naming this function.
+pub fn provide_ca_store_for_process() {
     // `load_native_certs` honours SSL_CERT_FILE/SSL_CERT_DIR, so a variable
     // that names nothing usable counts as no CA store, as it does for reqwest.
-    if !rustls_native_certs::load_native_certs().certs.is_empty() {
+    if !system_roots().is_empty() {
         return;
     }
     let flags = rustix::fs::MemfdFlags::CLOEXEC;
@@ -163,15 +185,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn builds_without_a_ca_store() {
+    fn without_a_ca_store_build_fails_cleanly_until_the_process_opts_in() {
         let empty = tempfile::tempdir().unwrap();
+        let missing = empty.path().join("none.pem");
         // Only this test reads these variables in this process.
-        std::env::set_var("SSL_CERT_FILE", empty.path().join("none.pem"));
+        std::env::set_var("SSL_CERT_FILE", &missing);
         std::env::set_var("SSL_CERT_DIR", empty.path());
-        let system = system_roots();
-        std::env::remove_var("SSL_CERT_FILE");
-        std::env::remove_var("SSL_CERT_DIR");
-        assert!(system.is_empty(), "{} system roots", system.len());
+        assert!(system_roots().is_empty());
         let endpoint = Endpoint {
             host: "registry.example".into(),
             plain_http: false,
@@ -179,13 +199,27 @@ mod tests {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let bundled = roots(false).to_vec();
         assert!(bundled.len() > 100);
-        build_with_roots(&endpoint, ClientProtocol::Https, bundled).unwrap();
-        build(&endpoint).unwrap();
         let local = Endpoint {
             host: "127.0.0.1:5000".into(),
             plain_http: true,
         };
+        // No panic and no change to the environment: a clear error.
+        for endpoint in [&endpoint, &local] {
+            let err = build(endpoint).err().expect("no CA store");
+            assert!(
+                err.to_string().contains("provide_ca_store_for_process"),
+                "{err}"
+            );
+        }
+        assert_eq!(std::env::var_os("SSL_CERT_FILE"), Some(missing.into()));
+        provide_ca_store_for_process();
+        let provided = std::env::var("SSL_CERT_FILE").unwrap();
+        assert!(provided.starts_with("/proc/self/fd/"), "{provided}");
+        build_with_roots(&endpoint, ClientProtocol::Https, bundled).unwrap();
+        build(&endpoint).unwrap();
         build(&local).unwrap();
+        std::env::remove_var("SSL_CERT_FILE");
+        std::env::remove_var("SSL_CERT_DIR");
     }
 
     #[test]

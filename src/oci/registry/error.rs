@@ -75,8 +75,10 @@ pub enum RegistryError {
         reason: String,
     },
 
-    /// Reading, verifying or writing layout content failed.
-    #[error("{}{source}", pull_prefix(reference))]
+    /// A manifest, index or config failed a check (digest, size, shape,
+    /// platform choice), or reading or writing a layout failed. The cause
+    /// is the typed error, printed once as the next link of the chain.
+    #[error("{}", pull_context(reference))]
     Layout {
         /// The image reference being pulled.
         reference: String,
@@ -120,12 +122,13 @@ impl From<OciError> for RegistryError {
     }
 }
 
-/// `pull REF: ` when the reference is known, nothing otherwise.
-fn pull_prefix(reference: &str) -> String {
+/// `pull REF` when the reference is known; a bare `pull` otherwise (an
+/// error converted with `?` before the reference was known).
+fn pull_context(reference: &str) -> String {
     if reference.is_empty() {
-        String::new()
+        "pull".to_owned()
     } else {
-        format!("pull {reference}: ")
+        format!("pull {reference}")
     }
 }
 

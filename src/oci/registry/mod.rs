@@ -6,6 +6,8 @@
 //! digest; when it is an index (OCI index or Docker manifest list), pick
 //! the entry for the requested platform (the host's by default) and copy
 //! only that image; a single manifest is copied whatever its platform.
+//! The choice is the `oci::select` module's, the same walk the layout
+//! reader runs, so a pull and an unpack of one index agree.
 //! Config and layers are downloaded concurrently (bounded), each verified
 //! while it streams and renamed into place only when digest and size
 //! match; the manifest is stored as the exact bytes served, after its
@@ -39,9 +41,9 @@ pub use error::RegistryError;
 pub use reference::{ImageReference, PullSource};
 pub use transfer::RetryPolicy;
 
-use super::layout::MAX_INDEX_DEPTH;
 use super::layout_write::{LayoutWriter, RefTarget};
-use super::{media, Digest, DocumentKind, ImageLayout, LayoutRef, OciError, Platform};
+use super::select::{Document, Step, Walk};
+use super::{Digest, DocumentKind, ImageLayout, LayoutRef, OciError, Platform};
 use transfer::Session;
 
 /// What a pull reports as it goes: for a progress display, or for a
@@ -199,66 +201,14 @@ fn block_on<F: Future>(future: F) -> Result<F::Output, RegistryError> {
     Ok(runtime.block_on(future))
 }
 
-/// A descriptor inside a served manifest or index.
-/// Parses a served document and decides what it is, refusing ambiguous
-/// ones (CVE-2021-41190) and ones whose type disagrees with the pointing
-/// descriptor.
-fn classify(
-    bytes: &[u8],
-    expected_type: Option<&str>,
-) -> Result<(RawDocument, DocumentKind, String), String> {
-    let doc: RawDocument = serde_json::from_slice(bytes).map_err(|e| format!("parse JSON: {e}"))?;
-    if doc.schema_version != Some(2) {
-        return Err(format!(
-            "unsupported schemaVersion {:?} (only 2; Docker schema 1 is not supported)",
-            doc.schema_version
-        ));
-    }
-    if doc.manifests.is_some() && (doc.config.is_some() || doc.layers.is_some()) {
-        return Err("ambiguous document: it has both manifests and layers or config".into());
-    }
-    let shape = if doc.manifests.is_some() {
-        DocumentKind::Index
-    } else if doc.config.is_some() {
-        DocumentKind::Manifest
-    } else {
-        return Err("neither a manifest (config, layers) nor an index (manifests)".into());
-    };
-    let declared = doc.media_type.clone().filter(|t| !t.is_empty());
-    let media_type = declared
-        .clone()
-        .or_else(|| expected_type.filter(|t| !t.is_empty()).map(str::to_owned))
-        .unwrap_or_else(|| match shape {
-            DocumentKind::Index => media::OCI_INDEX.to_owned(),
-            DocumentKind::Manifest => media::OCI_MANIFEST.to_owned(),
-        });
-    if DocumentKind::from_media_type(&media_type) != Some(shape) {
-        return Err(format!(
-            "media type mismatch: {media_type} but the document is {}",
-            shape.name()
-        ));
-    }
-    if let (Some(declared), Some(expected)) = (&declared, expected_type.filter(|t| !t.is_empty())) {
-        if declared != expected {
-            return Err(format!(
-                "media type mismatch: descriptor says {expected}, document says {declared}"
-            ));
-        }
-    }
-    Ok((doc, shape, media_type))
-}
-
 /// The blobs to copy, config first, then the layers in order, each once:
 /// digest and size, from a manifest.
-fn blob_list(
-    doc: &RawDocument,
-    bad: &dyn Fn(String) -> RegistryError,
-) -> Result<Vec<(Digest, u64)>, RegistryError> {
+fn blob_list(doc: &RawDocument) -> Result<Vec<(Digest, u64)>, OciError> {
     let mut seen = BTreeSet::new();
     let mut blobs = Vec::new();
     let config = doc.config.iter();
     for desc in config.chain(doc.layers.iter().flatten()) {
-        let digest = Digest::parse(&desc.digest).map_err(|e| bad(e.to_string()))?;
+        let digest = Digest::parse(&desc.digest)?;
         if seen.insert(digest.clone()) {
             blobs.push((digest, desc.size));
         }
@@ -266,41 +216,52 @@ fn blob_list(
     Ok(blobs)
 }
 
-/// Picks the index entry for `platform`, as skopeo's default does.
-fn choose(
-    doc: &RawDocument,
-    index: &Digest,
-    platform: &Platform,
-) -> Result<(Digest, u64, String), OciError> {
-    let entries = doc.manifests.as_deref().unwrap_or_default();
-    let mut available = Vec::new();
-    for entry in entries {
-        let Some(p) = &entry.platform else { continue };
-        if DocumentKind::from_media_type(&entry.media_type).is_none()
-            && !entry.media_type.is_empty()
-        {
-            continue;
-        }
-        let candidate = Platform::from_image(&p.os, &p.architecture, p.variant.as_deref());
-        if platform.matches(&candidate) {
-            let digest = Digest::parse(&entry.digest)?;
-            return Ok((digest, entry.size, entry.media_type.clone()));
-        }
-        available.push(candidate.to_string());
-    }
-    Err(OciError::NoMatchingPlatform {
-        wanted: platform.to_string(),
-        index: index.clone(),
-        available,
-    })
+/// The manifest a registry pull copies, chosen and verified.
+struct Chosen {
+    /// The manifest, exactly as served.
+    manifest: Document,
+    /// The index it was chosen from, if the reference named one.
+    index_digest: Option<Digest>,
+    /// Its config, verified, when choosing had to read it (an index entry
+    /// without `platform`): stored as it is instead of fetched again.
+    config: Option<(Digest, Vec<u8>)>,
 }
 
+/// Pulls from a registry: resolve the reference to one manifest, download
+/// its blobs into the layout, then store the manifest and set the ref.
 async fn pull_registry(
     reference: &ImageReference,
     dest: &Path,
     ref_name: &str,
     options: &PullOptions,
 ) -> Result<PullReport, RegistryError> {
+    let session = connect(reference, options).await?;
+    let chosen = resolve(&session, &options.platform).await?;
+    let wrap = |e| RegistryError::layout(reference, e);
+    let blobs = blob_list(&chosen.manifest.body).map_err(wrap)?;
+    let layout = LayoutWriter::create(dest).map_err(wrap)?;
+    let bytes_fetched = download(&session, &layout, &chosen, &blobs, options).await?;
+    let manifest = chosen.manifest;
+    let mut report = finish(
+        &layout,
+        reference,
+        ref_name,
+        &manifest.bytes,
+        &manifest.digest,
+        manifest.media_type,
+    )?;
+    report.index_digest = chosen.index_digest;
+    report.blobs = blobs.len();
+    report.bytes_fetched = bytes_fetched;
+    Ok(report)
+}
+
+/// Builds the client and runs the token exchange, so that bad
+/// credentials fail before anything is fetched.
+async fn connect(
+    reference: &ImageReference,
+    options: &PullOptions,
+) -> Result<Session, RegistryError> {
     let credentials = match &options.credentials {
         Some(c) => c.clone(),
         None => auth::lookup(reference)?,
@@ -309,66 +270,76 @@ async fn pull_registry(
     let http = client::build(&endpoint)?;
     let session = Session::new(http, reference.clone(), &credentials, options.retry.clone());
     session.authenticate().await?;
+    Ok(session)
+}
 
-    let (mut bytes, mut digest) = session
-        .fetch_manifest(&reference.manifest_ref(), None)
-        .await?;
-    let mut expected_type: Option<String> = None;
-    let mut index_digest = None;
-    let mut depth = 0;
-    let (doc, media_type) = loop {
-        let bad = |reason| RegistryError::BadDocument {
-            reference: reference.to_string(),
-            what: format!("manifest {digest}"),
-            reason,
+/// Fetches what the reference names and runs the shared [`Walk`] over
+/// the registry's manifests and configs, each verified as it arrives.
+async fn resolve(session: &Session, platform: &Platform) -> Result<Chosen, RegistryError> {
+    let wrap = |e| RegistryError::layout(&session.reference, e);
+    let named = session.reference.manifest_ref();
+    let (bytes, digest) = session.fetch_manifest(&named, None).await?;
+    let top = Document::parse(digest, None, bytes, "reference").map_err(wrap)?;
+    let index_digest = (top.kind == DocumentKind::Index).then(|| top.digest.clone());
+    let mut config = None;
+    let mut walk = Walk::new(platform);
+    let mut step = walk.start(top).map_err(wrap)?;
+    loop {
+        step = match step {
+            Step::Chosen(manifest) => {
+                let config = config.filter(|(digest, _): &(Digest, Vec<u8>)| {
+                    manifest.body.config.as_ref().map(|c| c.digest.as_str())
+                        == Some(digest.as_str())
+                });
+                return Ok(Chosen {
+                    manifest: *manifest,
+                    index_digest,
+                    config,
+                });
+            }
+            Step::Document(target) => {
+                let expected = Some((&target.digest, target.size));
+                let (bytes, digest) = session
+                    .fetch_manifest(target.digest.as_str(), expected)
+                    .await?;
+                let doc = Document::parse(digest, Some(&target.media_type), bytes, "index entry");
+                walk.document(doc.map_err(wrap)?).map_err(wrap)?
+            }
+            Step::Config(target) => {
+                let bytes = session.fetch_config(&target.digest, target.size).await?;
+                let next = walk.config(&target, &bytes).map_err(wrap)?;
+                config = Some((target.digest, bytes));
+                next
+            }
         };
-        let (doc, kind, media_type) = classify(&bytes, expected_type.as_deref()).map_err(bad)?;
-        if kind == DocumentKind::Manifest {
-            break (doc, media_type);
-        }
-        depth += 1;
-        if depth > MAX_INDEX_DEPTH {
-            let err = OciError::IndexTooDeep {
-                digest: digest.clone(),
-                limit: MAX_INDEX_DEPTH,
-            };
-            return Err(RegistryError::layout(reference, err));
-        }
-        if index_digest.is_none() {
-            index_digest = Some(digest.clone());
-        }
-        let (child, size, child_type) = choose(&doc, &digest, &options.platform)
-            .map_err(|e| RegistryError::layout(reference, e))?;
-        let (child_bytes, _) = session
-            .fetch_manifest(child.as_str(), Some((&child, size)))
-            .await?;
-        bytes = child_bytes;
-        digest = child;
-        expected_type = Some(child_type);
-    };
-    let bad = |reason| RegistryError::BadDocument {
-        reference: reference.to_string(),
-        what: format!("manifest {digest}"),
-        reason,
-    };
-    let blobs = blob_list(&doc, &bad)?;
-    let config = blobs.first().map(|(config, _)| config.clone());
-    let manifest_event = PullEvent::Manifest {
-        digest: digest.clone(),
-        media_type: media_type.clone(),
-        bytes: bytes.as_slice().into(),
-    };
-    let layout = LayoutWriter::create(dest).map_err(|e| RegistryError::layout(reference, e))?;
+    }
+}
+
+/// Downloads the config and layers into the layout, at most
+/// `options.concurrency` at a time, reporting each one as it lands.
+/// Returns the bytes transferred.
+async fn download(
+    session: &Session,
+    layout: &LayoutWriter,
+    chosen: &Chosen,
+    blobs: &[(Digest, u64)],
+    options: &PullOptions,
+) -> Result<u64, RegistryError> {
     let progress = options.progress.clone();
+    let manifest = &chosen.manifest;
     if let Some(p) = &progress {
         p(&PullEvent::Resolved {
-            manifest: digest.clone(),
+            manifest: manifest.digest.clone(),
             blobs: blobs.len(),
         });
     }
-    let session = &session;
-    let layout_ref = &layout;
-    let (config, manifest_event) = (&config, &manifest_event);
+    let config = blobs.first().map(|(config, _)| config);
+    let manifest_event = PullEvent::Manifest {
+        digest: manifest.digest.clone(),
+        media_type: manifest.media_type.clone(),
+        bytes: manifest.bytes.as_slice().into(),
+    };
+    let manifest_event = &manifest_event;
     let mut downloads = futures_util::stream::iter(blobs.iter().cloned())
         .map(|(blob, size)| {
             let progress = progress.clone();
@@ -381,16 +352,20 @@ async fn pull_registry(
                         });
                     }
                 };
-                let fetched = session
-                    .fetch_blob(layout_ref, &blob, size, &on_bytes)
-                    .await?;
+                let fetched = match &chosen.config {
+                    Some((digest, bytes)) if *digest == blob => {
+                        store_fetched(layout, digest, bytes)
+                            .map_err(|e| RegistryError::layout(&session.reference, e))?
+                    }
+                    _ => session.fetch_blob(layout, &blob, size, &on_bytes).await?,
+                };
                 if let Some(p) = &progress {
                     p(&PullEvent::BlobDone {
                         digest: blob.clone(),
                         size,
                         fetched,
                     });
-                    if config.as_ref() == Some(&blob) {
+                    if config == Some(&blob) {
                         p(manifest_event);
                     }
                 }
@@ -402,13 +377,17 @@ async fn pull_registry(
     while let Some(result) = downloads.next().await {
         bytes_fetched += result?;
     }
-    drop(downloads);
-    finish(&layout, reference, ref_name, &bytes, &digest, media_type).map(|mut report| {
-        report.index_digest = index_digest;
-        report.blobs = blobs.len();
-        report.bytes_fetched = bytes_fetched;
-        report
-    })
+    Ok(bytes_fetched)
+}
+
+/// Stores a blob fetched while choosing the manifest; returns the bytes
+/// that counts as fetched (none when an intact copy was there already).
+fn store_fetched(layout: &LayoutWriter, digest: &Digest, bytes: &[u8]) -> Result<u64, OciError> {
+    if layout.has_verified_blob(digest, bytes.len() as u64)? {
+        return Ok(0);
+    }
+    layout.put_blob(digest, bytes)?;
+    Ok(bytes.len() as u64)
 }
 
 /// Stores the manifest after its blobs, then points the ref at it.
@@ -515,59 +494,4 @@ fn copy_from_layout(
     report.blobs = blobs;
     report.bytes_fetched = bytes_fetched;
     Ok(report)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classify_refuses_ambiguous_and_mismatched() {
-        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-        let manifest = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","digest":"{d}","size":0}},"layers":[]}}"#,
-            media::OCI_MANIFEST,
-            media::OCI_CONFIG
-        );
-        let (_, kind, t) = classify(manifest.as_bytes(), None).unwrap();
-        assert_eq!(
-            (kind, t.as_str()),
-            (DocumentKind::Manifest, media::OCI_MANIFEST)
-        );
-        assert!(classify(manifest.as_bytes(), Some(media::OCI_INDEX)).is_err());
-        let both =
-            format!(r#"{{"schemaVersion":2,"manifests":[],"config":{{"digest":"{d}","size":0}}}}"#);
-        assert!(classify(both.as_bytes(), None)
-            .unwrap_err()
-            .contains("ambiguous"));
-        assert!(classify(br#"{"schemaVersion":1,"fsLayers":[]}"#, None).is_err());
-        let docker_list = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[]}}"#,
-            media::DOCKER_MANIFEST_LIST
-        );
-        assert_eq!(
-            classify(docker_list.as_bytes(), None).unwrap().1,
-            DocumentKind::Index
-        );
-    }
-
-    #[test]
-    fn choose_picks_platform_and_lists_alternatives() {
-        let a = "sha256:".to_owned() + &"a".repeat(64);
-        let b = "sha256:".to_owned() + &"b".repeat(64);
-        let index = format!(
-            r#"{{"schemaVersion":2,"manifests":[
-              {{"mediaType":"{m}","digest":"{a}","size":1,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}},
-              {{"mediaType":"{m}","digest":"{b}","size":2,"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#,
-            m = media::OCI_MANIFEST
-        );
-        let (doc, _, _) = classify(index.as_bytes(), None).unwrap();
-        let idx = Digest::sha256_of(index.as_bytes());
-        let amd = choose(&doc, &idx, &Platform::parse("linux/amd64").unwrap()).unwrap();
-        assert_eq!(amd.0.as_str(), b);
-        let arm = choose(&doc, &idx, &Platform::parse("linux/arm64").unwrap()).unwrap();
-        assert_eq!(arm.0.as_str(), a);
-        let err = choose(&doc, &idx, &Platform::parse("linux/riscv64").unwrap()).unwrap_err();
-        assert!(err.to_string().contains("linux/arm64/v8"), "{err}");
-    }
 }

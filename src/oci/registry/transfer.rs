@@ -188,6 +188,72 @@ impl Session {
         Ok((bytes.to_vec(), digest))
     }
 
+    /// Fetches an image config into memory, verified against `digest` and
+    /// `size`. Choosing among index entries that declare no platform needs
+    /// their configs before the layout is touched.
+    pub async fn fetch_config(&self, digest: &Digest, size: u64) -> Result<Vec<u8>, RegistryError> {
+        let what = format!("config {digest}");
+        if size > MAX_DOCUMENT_SIZE {
+            let err = OciError::DocumentTooLarge {
+                what: "config",
+                name: digest.to_string(),
+                size,
+                limit: MAX_DOCUMENT_SIZE,
+            };
+            return Err(RegistryError::layout(&self.reference, err));
+        }
+        let descriptor = OciDescriptor {
+            digest: digest.to_string(),
+            size: size as i64,
+            ..OciDescriptor::default()
+        };
+        let mut retry = 0;
+        let mut reauthed = false;
+        loop {
+            match self.small_blob_attempt(&descriptor, size).await {
+                Ok(bytes) if bytes.len() as u64 == size => {
+                    digest
+                        .verify_bytes(&bytes, size)
+                        .map_err(|e| RegistryError::layout(&self.reference, e))?;
+                    return Ok(bytes);
+                }
+                Ok(bytes) => {
+                    let detail = format!("body ended early: {} of {size} bytes", bytes.len());
+                    self.backoff(&what, &mut retry, detail).await?;
+                }
+                Err(e) => match self.judge(&what, e) {
+                    Verdict::Retry(detail) => self.backoff(&what, &mut retry, detail).await?,
+                    Verdict::Reauth(detail) => self.reauth(&what, &mut reauthed, detail).await?,
+                    Verdict::Fatal(err) => return Err(err),
+                },
+            }
+        }
+    }
+
+    /// One request for a whole small blob; stops reading one byte past
+    /// `size`, so a lying registry cannot make it buffer more.
+    async fn small_blob_attempt(
+        &self,
+        descriptor: &OciDescriptor,
+        size: u64,
+    ) -> Result<Vec<u8>, OciDistributionError> {
+        let response = self
+            .client
+            .pull_blob_stream_partial(&self.client_ref, descriptor, 0, None)
+            .await?;
+        let mut stream = match response {
+            BlobResponse::Full(stream) | BlobResponse::Partial(stream) => stream,
+        };
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk?);
+            if bytes.len() as u64 > size {
+                break;
+            }
+        }
+        Ok(bytes)
+    }
+
     /// Downloads one blob into the layout, verified, unless an intact copy
     /// is already there. Returns the bytes transferred.
     pub async fn fetch_blob(
