@@ -1057,15 +1057,113 @@ fn collect_path_never_writes_through_a_symlink_even_one_inside() {
     );
     let error = hostile.collect(finish_archive(archive), 0).unwrap_err();
     assert!(
-        format!("{error:#}").contains("refusing to extract through symlink"),
+        format!("{error:#}").contains("refusing to extract out/alias/f through symlink out/alias"),
         "{error:#}"
     );
-    assert!(!hostile.local_parent.join("out/real/f").exists());
+    // The whole archive is checked before anything is written.
+    assert_eq!(fs::read_dir(&hostile.local_parent).unwrap().count(), 0);
+    hostile.assert_nothing_escaped();
+
     // Contained symlinks themselves are fine.
+    let mut archive = Vec::new();
+    raw_entry(&mut archive, "out/", tar::EntryType::Directory, "", b"");
+    raw_entry(
+        &mut archive,
+        "out/alias",
+        tar::EntryType::Symlink,
+        "real",
+        b"",
+    );
+    hostile.collect(finish_archive(archive), 0).unwrap();
     assert_eq!(
         fs::read_link(hostile.local_parent.join("out/alias")).unwrap(),
         PathBuf::from("real")
     );
+}
+
+/// Device nodes, FIFOs and `.wh.` names are refused, the last so that the
+/// applier cannot read them as whiteouts and delete what the host already
+/// had in the destination.
+#[test]
+fn collect_path_refuses_devices_fifos_and_whiteout_names() {
+    let cases = [
+        (
+            "out/null",
+            tar::EntryType::Char,
+            "a device node cannot be extracted",
+        ),
+        (
+            "out/sda",
+            tar::EntryType::Block,
+            "a device node cannot be extracted",
+        ),
+        (
+            "out/pipe",
+            tar::EntryType::Fifo,
+            "a FIFO cannot be extracted",
+        ),
+        (
+            "out/.wh.kept",
+            tar::EntryType::Regular,
+            "names starting with .wh. are OCI whiteouts",
+        ),
+        (
+            "out/.wh..wh..opq",
+            tar::EntryType::Regular,
+            "names starting with .wh. are OCI whiteouts",
+        ),
+    ];
+    for (name, kind, expected) in cases {
+        let hostile = Hostile::new();
+        fs::create_dir_all(hostile.local_parent.join("out")).unwrap();
+        fs::write(hostile.local_parent.join("out/kept"), "host data").unwrap();
+        let mut archive = Vec::new();
+        raw_entry(&mut archive, name, kind, "", b"");
+        let error = hostile.collect(finish_archive(archive), 0).unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.starts_with("host tar failed: "), "{message}");
+        assert!(message.contains(expected), "{name}: {message}");
+        assert_eq!(
+            fs::read_to_string(hostile.local_parent.join("out/kept")).unwrap(),
+            "host data"
+        );
+        assert_eq!(
+            fs::read_dir(hostile.local_parent.join("out"))
+                .unwrap()
+                .count(),
+            1
+        );
+        hostile.assert_nothing_escaped();
+    }
+}
+
+#[test]
+fn collect_path_drops_setuid_and_setgid_bits() {
+    let hostile = Hostile::new();
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o6755);
+    header.set_size(1);
+    let mut builder = tar::Builder::new(Vec::new());
+    builder
+        .append_data(&mut header, "out/tool", &b"x"[..])
+        .unwrap();
+    hostile.collect(builder.into_inner().unwrap(), 0).unwrap();
+    assert_eq!(mode(&hostile.local_parent.join("out/tool")), 0o755);
+}
+
+/// A symlink the host already had in the destination is not in the
+/// archive, so the rules cannot see it: on Linux the applier resolves it
+/// inside the destination, so a write through it still cannot leave.
+#[test]
+fn collect_path_confines_writes_through_a_planted_directory_symlink() {
+    let hostile = Hostile::new();
+    fs::create_dir_all(&hostile.local_parent).unwrap();
+    symlink(&hostile.outside, hostile.local_parent.join("out")).unwrap();
+    let mut archive = Vec::new();
+    raw_entry(&mut archive, "out/pwned", tar::EntryType::Regular, "", b"x");
+    let _ = hostile.collect(finish_archive(archive), 0);
+    assert!(!hostile.outside.join("pwned").exists());
     hostile.assert_nothing_escaped();
 }
 

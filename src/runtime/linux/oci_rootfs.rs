@@ -35,7 +35,7 @@ use super::host::{
 };
 use crate::oci::registry::{pull, ProgressFn, PullEvent, PullOptions, PullSource};
 use crate::oci::{oci_arch_name, Digest, ImageLayout, LayoutWriter, Platform};
-use crate::runtime::worker_support::remove_path_if_exists;
+use crate::runtime::tree::remove_path_if_exists;
 use crate::unpack::{unpack_layers_into, LayerInput, UnpackOptions};
 
 /// The ref name the image gets inside every layout this module writes.
