@@ -844,6 +844,34 @@ fn collect_path_round_trips_a_single_file_and_hard_links() {
     );
 }
 
+/// Names and link targets past the 100 bytes of a tar header survive the
+/// check and re-emit in front of the applier.
+#[test]
+fn collect_path_round_trips_long_names_and_link_targets() {
+    let temp = TempDir::new().unwrap();
+    let remote = temp.path().join("provider/long");
+    let deep = remote.join("d".repeat(60)).join("e".repeat(60));
+    fs::create_dir_all(&deep).unwrap();
+    let file = format!("{}.txt", "f".repeat(80));
+    fs::write(deep.join(&file), "deep\n").unwrap();
+    let target = format!("{}/{}/{file}", "d".repeat(60), "e".repeat(60));
+    symlink(&target, remote.join("link")).unwrap();
+    let local_parent = temp.path().join("host");
+    let mut log = String::new();
+    session()
+        .collect_path(&text(&remote), &local_parent, &mut log)
+        .unwrap();
+    let collected = local_parent.join("long");
+    assert_eq!(
+        fs::read_link(collected.join("link")).unwrap(),
+        PathBuf::from(&target)
+    );
+    assert_eq!(
+        fs::read_to_string(collected.join("link")).unwrap(),
+        "deep\n"
+    );
+}
+
 #[test]
 fn collect_path_rejects_remote_paths_without_a_name() {
     let temp = TempDir::new().unwrap();

@@ -5,6 +5,10 @@
 //! copied, and the command runs with its cwd inside it. This module is
 //! compiled on every OS so that Linux CI tests it, although only the gated
 //! `macos` and `windows` modules call it.
+//!
+//! A workspace seed archive is untrusted: `tree::seed` unpacks it with the
+//! portable extractor, whose rules (written in `tree::extract`) refuse
+//! absolute names, `..`, links that leave the workspace, and device nodes.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(any(target_os = "macos", target_os = "windows")), allow(dead_code))]
 

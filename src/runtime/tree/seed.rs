@@ -92,9 +92,8 @@ pub(crate) fn unpack_seed_archive(archive: &Path, workspace: &Path) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::tree::test_tar::{gzip, tar_bytes, Member};
+    use crate::runtime::tree::test_tar::{gzip, tar_bytes, EntryType, Member};
     use std::path::PathBuf;
-    use tar::EntryType;
     use tempfile::TempDir;
 
     /// Lays out `<tmp>/outside`, an empty `<tmp>/workspace` and the archive

@@ -3,7 +3,8 @@
 #![forbid(unsafe_code)]
 
 use std::io::Write;
-use tar::{Builder, EntryType, Header};
+pub(crate) use tar::EntryType;
+use tar::{Builder, Header};
 
 /// One archive member, written with its name and link target as given.
 pub(crate) enum Member<'a> {
