@@ -844,6 +844,26 @@ fn collect_path_round_trips_a_single_file_and_hard_links() {
     );
 }
 
+/// A read-only directory keeps its mode and still gets its contents (the
+/// mode is applied after them, which matters when the host user is not
+/// root).
+#[test]
+fn collect_path_keeps_read_only_directories_with_their_contents() {
+    let temp = TempDir::new().unwrap();
+    let remote = temp.path().join("provider/mods");
+    fs::create_dir_all(remote.join("ro")).unwrap();
+    fs::write(remote.join("ro/f"), "kept\n").unwrap();
+    fs::set_permissions(remote.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
+    let local_parent = temp.path().join("host");
+    let mut log = String::new();
+    session()
+        .collect_path(&text(&remote), &local_parent, &mut log)
+        .unwrap();
+    let collected = local_parent.join("mods/ro");
+    assert_eq!(mode(&collected), 0o555);
+    assert_eq!(fs::read_to_string(collected.join("f")).unwrap(), "kept\n");
+}
+
 /// Names and link targets past the 100 bytes of a tar header survive the
 /// check and re-emit in front of the applier.
 #[test]

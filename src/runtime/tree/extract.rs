@@ -347,48 +347,74 @@ pub(crate) fn check_seed_member_names(archive: &Path, reader: impl Read) -> Resu
 
 /// Checks every member of `reader` against the rules and writes the
 /// accepted ones to `writer` as a fresh archive: normalized names, masked
-/// modes, no PAX records. The Linux provider collection hands that to the
-/// applier, which so only ever parses bytes this function wrote.
+/// modes, no owners, no PAX records. The Linux provider collection hands
+/// that to the applier, which so only ever parses bytes this function
+/// wrote.
+///
+/// The applier sets a directory's mode as soon as it creates it, so each
+/// directory is first written owner-writable and written again, with its
+/// real mode, after every other member (deepest first, and only where the
+/// archive left a directory): a read-only directory must not block its
+/// own contents when the host user is not root.
 #[cfg(target_os = "linux")]
 pub(crate) fn sanitize<W: io::Write>(reader: impl Read, writer: W) -> Result<W> {
     let mut archive = tar::Archive::new(reader);
     let mut checker = Checker::default();
     let mut builder = tar::Builder::new(writer);
+    let mut directories = Vec::new();
     for entry in archive.entries().context("failed to read archive")? {
         let mut entry = entry.context("failed to read archive entry")?;
         let member = checker.check(&entry)?;
-        let mut header = tar::Header::new_gnu();
-        // Owners are not kept: the host user owns what it collects.
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_size(0);
-        header.set_mode(entry.header().mode().context("invalid mode")? & MODE_MASK);
-        header.set_mtime(entry.header().mtime().context("invalid mtime")?);
+        let mode = entry.header().mode().context("invalid mode")? & MODE_MASK;
+        let mtime = entry.header().mtime().context("invalid mtime")?;
+        let header = |kind, mode| clean_header(kind, mode, mtime);
         let written = match member {
             Member::Root | Member::Skip => continue,
             Member::Directory(name) => {
-                header.set_entry_type(EntryType::Directory);
-                builder.append_data(&mut header, name, io::empty())
+                let mut header = header(EntryType::Directory, mode | 0o700);
+                let written = builder.append_data(&mut header, &name, io::empty());
+                directories.push((name, mode, mtime));
+                written
             }
             Member::File(name) => {
-                header.set_entry_type(EntryType::Regular);
+                let mut header = header(EntryType::Regular, mode);
                 header.set_size(entry.size());
                 builder.append_data(&mut header, name, &mut entry)
             }
             Member::Symlink { name, target } => {
-                header.set_entry_type(EntryType::Symlink);
-                builder.append_link(&mut header, name, target)
+                builder.append_link(&mut header(EntryType::Symlink, mode), name, target)
             }
             Member::HardLink { name, source } => {
-                header.set_entry_type(EntryType::Link);
-                builder.append_link(&mut header, name, source)
+                builder.append_link(&mut header(EntryType::Link, mode), name, source)
             }
         };
         written.context("failed to write the checked archive")?;
     }
+    for (name, mode, mtime) in directories.iter().rev() {
+        if checker.made.get(name) == Some(&Made::Directory) {
+            let mut header = clean_header(EntryType::Directory, *mode, *mtime);
+            builder
+                .append_data(&mut header, name, io::empty())
+                .context("failed to write the checked archive")?;
+        }
+    }
     builder
         .into_inner()
         .context("failed to write the checked archive")
+}
+
+/// A header with only what the applier should see. Owners are not kept:
+/// the host user owns what it collects.
+#[cfg(target_os = "linux")]
+fn clean_header(kind: EntryType, mode: u32, mtime: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_size(0);
+    header.set_mode(mode);
+    header.set_mtime(mtime);
+    header
 }
 
 /// Extracts every member of the tar stream `reader` under `root`, which
@@ -790,9 +816,13 @@ mod tests {
     fn sanitize_rewrites_names_and_modes_and_refuses_like_unpack() {
         let archive = tar_bytes(&[
             M::Dir("./"),
+            M::Dir("gone/"),
+            M::File("gone", b"", 0o644),
             M::File("./a//b", b"data", 0o6755),
             M::Symlink("a/l", "b"),
             M::HardLink("c", "a/b"),
+            M::DirMode("ro/", 0o500),
+            M::File("ro/f", b"", 0o644),
         ]);
         let clean = sanitize(&archive[..], Vec::new()).unwrap();
         let mut reread = tar::Archive::new(&clean[..]);
@@ -812,9 +842,15 @@ mod tests {
         assert_eq!(
             members,
             [
+                ("gone".to_string(), EntryType::Directory, 0o755),
+                ("gone".to_string(), EntryType::Regular, 0o644),
                 ("a/b".to_string(), EntryType::Regular, 0o755),
                 ("a/l".to_string(), EntryType::Symlink, 0o777),
                 ("c".to_string(), EntryType::Link, 0o644),
+                ("ro".to_string(), EntryType::Directory, 0o700),
+                ("ro/f".to_string(), EntryType::Regular, 0o644),
+                // Last, and only for what is still a directory.
+                ("ro".to_string(), EntryType::Directory, 0o500),
             ]
         );
         let hostile = tar_bytes(&[M::Symlink("up", "..")]);

@@ -9,6 +9,8 @@ use tar::{Builder, Header};
 /// One archive member, written with its name and link target as given.
 pub(crate) enum Member<'a> {
     Dir(&'a str),
+    /// A directory with the given mode (`Dir` is 0755).
+    DirMode(&'a str, u32),
     File(&'a str, &'a [u8], u32),
     Symlink(&'a str, &'a str),
     HardLink(&'a str, &'a str),
@@ -34,6 +36,9 @@ pub(crate) fn tar_bytes(members: &[Member<'_>]) -> Vec<u8> {
     for member in members {
         let (header, data): (Header, &[u8]) = match member {
             Member::Dir(name) => (raw_header(name, EntryType::Directory, "", 0, 0o755), &[]),
+            Member::DirMode(name, mode) => {
+                (raw_header(name, EntryType::Directory, "", 0, *mode), &[])
+            }
             Member::File(name, data, mode) => (
                 raw_header(name, EntryType::Regular, "", data.len(), *mode),
                 data,
