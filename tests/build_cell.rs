@@ -357,6 +357,28 @@ fn unsafe_archive_members_and_formats_are_refused() {
         )),
         "{err}"
     );
+    // A seed that cannot be inspected fails with the real error, not with
+    // "must be a directory".
+    let missing_seed = cell.path("missing-seed");
+    spec.workspace_seed = WorkspaceSeed::SnapshotDir(HostPath::new(&missing_seed));
+    let err = build_cell_reexec_command(
+        Path::new(METALOR),
+        INNER_BUILD_CELL,
+        &cell.prefix.path,
+        &spec,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "failed to inspect build workspace seed {}",
+            missing_seed.display()
+        )
+    );
+    assert!(
+        format!("{err:#}").contains("No such file or directory"),
+        "{err:#}"
+    );
 }
 
 #[test]

@@ -844,6 +844,54 @@ fn collect_path_round_trips_a_single_file_and_hard_links() {
     );
 }
 
+/// A read-only directory keeps its mode and still gets its contents (the
+/// mode is applied after them, which matters when the host user is not
+/// root).
+#[test]
+fn collect_path_keeps_read_only_directories_with_their_contents() {
+    let temp = TempDir::new().unwrap();
+    let remote = temp.path().join("provider/mods");
+    fs::create_dir_all(remote.join("ro")).unwrap();
+    fs::write(remote.join("ro/f"), "kept\n").unwrap();
+    fs::set_permissions(remote.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
+    let local_parent = temp.path().join("host");
+    let mut log = String::new();
+    session()
+        .collect_path(&text(&remote), &local_parent, &mut log)
+        .unwrap();
+    let collected = local_parent.join("mods/ro");
+    assert_eq!(mode(&collected), 0o555);
+    assert_eq!(fs::read_to_string(collected.join("f")).unwrap(), "kept\n");
+}
+
+/// Names and link targets past the 100 bytes of a tar header survive the
+/// check and re-emit in front of the applier.
+#[test]
+fn collect_path_round_trips_long_names_and_link_targets() {
+    let temp = TempDir::new().unwrap();
+    let remote = temp.path().join("provider/long");
+    let deep = remote.join("d".repeat(60)).join("e".repeat(60));
+    fs::create_dir_all(&deep).unwrap();
+    let file = format!("{}.txt", "f".repeat(80));
+    fs::write(deep.join(&file), "deep\n").unwrap();
+    let target = format!("{}/{}/{file}", "d".repeat(60), "e".repeat(60));
+    symlink(&target, remote.join("link")).unwrap();
+    let local_parent = temp.path().join("host");
+    let mut log = String::new();
+    session()
+        .collect_path(&text(&remote), &local_parent, &mut log)
+        .unwrap();
+    let collected = local_parent.join("long");
+    assert_eq!(
+        fs::read_link(collected.join("link")).unwrap(),
+        PathBuf::from(&target)
+    );
+    assert_eq!(
+        fs::read_to_string(collected.join("link")).unwrap(),
+        "deep\n"
+    );
+}
+
 #[test]
 fn collect_path_rejects_remote_paths_without_a_name() {
     let temp = TempDir::new().unwrap();
@@ -1057,15 +1105,113 @@ fn collect_path_never_writes_through_a_symlink_even_one_inside() {
     );
     let error = hostile.collect(finish_archive(archive), 0).unwrap_err();
     assert!(
-        format!("{error:#}").contains("refusing to extract through symlink"),
+        format!("{error:#}").contains("refusing to extract out/alias/f through symlink out/alias"),
         "{error:#}"
     );
-    assert!(!hostile.local_parent.join("out/real/f").exists());
+    // The whole archive is checked before anything is written.
+    assert_eq!(fs::read_dir(&hostile.local_parent).unwrap().count(), 0);
+    hostile.assert_nothing_escaped();
+
     // Contained symlinks themselves are fine.
+    let mut archive = Vec::new();
+    raw_entry(&mut archive, "out/", tar::EntryType::Directory, "", b"");
+    raw_entry(
+        &mut archive,
+        "out/alias",
+        tar::EntryType::Symlink,
+        "real",
+        b"",
+    );
+    hostile.collect(finish_archive(archive), 0).unwrap();
     assert_eq!(
         fs::read_link(hostile.local_parent.join("out/alias")).unwrap(),
         PathBuf::from("real")
     );
+}
+
+/// Device nodes, FIFOs and `.wh.` names are refused, the last so that the
+/// applier cannot read them as whiteouts and delete what the host already
+/// had in the destination.
+#[test]
+fn collect_path_refuses_devices_fifos_and_whiteout_names() {
+    let cases = [
+        (
+            "out/null",
+            tar::EntryType::Char,
+            "a device node cannot be extracted",
+        ),
+        (
+            "out/sda",
+            tar::EntryType::Block,
+            "a device node cannot be extracted",
+        ),
+        (
+            "out/pipe",
+            tar::EntryType::Fifo,
+            "a FIFO cannot be extracted",
+        ),
+        (
+            "out/.wh.kept",
+            tar::EntryType::Regular,
+            "names starting with .wh. are OCI whiteouts",
+        ),
+        (
+            "out/.wh..wh..opq",
+            tar::EntryType::Regular,
+            "names starting with .wh. are OCI whiteouts",
+        ),
+    ];
+    for (name, kind, expected) in cases {
+        let hostile = Hostile::new();
+        fs::create_dir_all(hostile.local_parent.join("out")).unwrap();
+        fs::write(hostile.local_parent.join("out/kept"), "host data").unwrap();
+        let mut archive = Vec::new();
+        raw_entry(&mut archive, name, kind, "", b"");
+        let error = hostile.collect(finish_archive(archive), 0).unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.starts_with("host tar failed: "), "{message}");
+        assert!(message.contains(expected), "{name}: {message}");
+        assert_eq!(
+            fs::read_to_string(hostile.local_parent.join("out/kept")).unwrap(),
+            "host data"
+        );
+        assert_eq!(
+            fs::read_dir(hostile.local_parent.join("out"))
+                .unwrap()
+                .count(),
+            1
+        );
+        hostile.assert_nothing_escaped();
+    }
+}
+
+#[test]
+fn collect_path_drops_setuid_and_setgid_bits() {
+    let hostile = Hostile::new();
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o6755);
+    header.set_size(1);
+    let mut builder = tar::Builder::new(Vec::new());
+    builder
+        .append_data(&mut header, "out/tool", &b"x"[..])
+        .unwrap();
+    hostile.collect(builder.into_inner().unwrap(), 0).unwrap();
+    assert_eq!(mode(&hostile.local_parent.join("out/tool")), 0o755);
+}
+
+/// A symlink the host already had in the destination is not in the
+/// archive, so the rules cannot see it: on Linux the applier resolves it
+/// inside the destination, so a write through it still cannot leave.
+#[test]
+fn collect_path_confines_writes_through_a_planted_directory_symlink() {
+    let hostile = Hostile::new();
+    fs::create_dir_all(&hostile.local_parent).unwrap();
+    symlink(&hostile.outside, hostile.local_parent.join("out")).unwrap();
+    let mut archive = Vec::new();
+    raw_entry(&mut archive, "out/pwned", tar::EntryType::Regular, "", b"x");
+    let _ = hostile.collect(finish_archive(archive), 0);
+    assert!(!hostile.outside.join("pwned").exists());
     hostile.assert_nothing_escaped();
 }
 

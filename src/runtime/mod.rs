@@ -7,6 +7,7 @@ compile_error!("metalor supports Linux, macOS and Windows only");
 mod backend_caps;
 mod portable;
 mod protocol;
+mod tree;
 
 #[cfg(target_os = "linux")]
 pub mod linux;

@@ -1,4 +1,4 @@
-//! Build cells (upstream §3.7): a command run in a prepared root with a
+//! Build cells (upstream-api.md, "Build cells"): a command run in a prepared root with a
 //! staged workspace, read-only imports and read-write caches, then caches
 //! synced back and exports copied out.
 //!
@@ -10,12 +10,23 @@
 //!    [`run_build_cell`] mounts the staged directories and runs the command;
 //! 3. outer, after the child exits: [`finalize_build_cell`] syncs caches,
 //!    copies exports and applies the cleanup policy.
+//!
+//! A workspace seed archive is untrusted and goes through
+//! `unpack::Applier` into the freshly created workspace directory, so every
+//! write is resolved inside it. The workspace is mounted into the cell, so
+//! links behave as in a rootfs: any target is kept, and resolves inside the
+//! workspace while unpacking. Before that, upstream's name rule refuses a
+//! rooted or `..` member name (the applier would confine it instead). The
+//! applier reads `.wh.` names as OCI whiteouts; the workspace is new, so
+//! they have nothing to delete and leave no file. Device nodes are skipped,
+//! since the seed is unpacked without `CAP_MKNOD` rights, as upstream's
+//! `tar` unpack did; FIFOs are created.
 
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -31,9 +42,9 @@ use super::validate::{
     validate_host_absolute,
 };
 use super::{BindMount, ContainerRunCommand, LinuxNamespaceBackend};
-use crate::runtime::worker_support::{
-    copy_directory_entries, copy_path, remove_path_if_exists, workspace_archive_is_gzipped,
-};
+use crate::runtime::tree::extract::check_seed_member_names;
+use crate::runtime::tree::seed::{copy_seed_directory, workspace_archive_is_gzipped};
+use crate::runtime::tree::{copy_path, remove_path_if_exists};
 use crate::runtime::{
     build_cell_request_path, write_build_cell_request, BuildCellResult, BuildCellSpec,
     CleanupPolicy, NetworkPolicy, WorkspaceSeed,
@@ -267,7 +278,7 @@ fn stage_scratch(spec: &BuildCellSpec, scratch: &Path) -> Result<()> {
     }
     match &spec.workspace_seed {
         WorkspaceSeed::Empty => {}
-        WorkspaceSeed::SnapshotDir(seed) => seed_from_directory(seed.as_path(), &workspace)?,
+        WorkspaceSeed::SnapshotDir(seed) => copy_seed_directory(seed.as_path(), &workspace)?,
         WorkspaceSeed::Archive(archive) => seed_from_archive(archive.as_path(), &workspace)?,
     }
     for (index, import) in spec.imports.iter().enumerate() {
@@ -287,23 +298,11 @@ fn stage_scratch(spec: &BuildCellSpec, scratch: &Path) -> Result<()> {
     Ok(())
 }
 
-fn seed_from_directory(seed: &Path, workspace: &Path) -> Result<()> {
-    let metadata = match fs::metadata(seed) {
-        Ok(metadata) if metadata.is_dir() => metadata,
-        _ => bail!(
-            "build workspace seed must be a directory: {}",
-            seed.display()
-        ),
-    };
-    fs::set_permissions(workspace, metadata.permissions())
-        .with_context(|| format!("failed to apply permissions to {}", workspace.display()))?;
-    copy_directory_entries(seed, workspace)
-}
-
 /// Unpacks a `.tar`, `.tar.gz` or `.tgz` seed (chosen by suffix, as
 /// upstream) with the layer applier, so no member, link target or
 /// hardlink can reach outside the workspace. Member names are checked
-/// first, with upstream's message for a rooted or `..` name.
+/// first, in a separate pass over the file, with upstream's message for a
+/// rooted or `..` name.
 fn seed_from_archive(archive: &Path, workspace: &Path) -> Result<()> {
     let gzipped = workspace_archive_is_gzipped(archive)?;
     let open = || -> Result<Box<dyn Read>> {
@@ -315,7 +314,7 @@ fn seed_from_archive(archive: &Path, workspace: &Path) -> Result<()> {
             Box::new(file)
         })
     };
-    check_member_names(archive, open()?)?;
+    check_seed_member_names(archive, open()?)?;
     let root = rustix::fs::open(
         workspace,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -337,31 +336,6 @@ fn seed_from_archive(archive: &Path, workspace: &Path) -> Result<()> {
         Ok(())
     };
     unpack().with_context(|| format!("failed to unpack workspace archive {}", archive.display()))
-}
-
-/// Upstream's member-name rule: a name with a root, `..` or a prefix
-/// component is refused with `contained an unsafe path`.
-fn check_member_names(archive: &Path, reader: Box<dyn Read>) -> Result<()> {
-    let read_failed = || format!("failed to read workspace archive {}", archive.display());
-    let mut tar = tar::Archive::new(reader);
-    for entry in tar.entries().with_context(read_failed)? {
-        let entry = entry.with_context(read_failed)?;
-        let name = entry.path().with_context(read_failed)?;
-        let unsafe_name = name.components().any(|c| {
-            matches!(
-                c,
-                Component::RootDir | Component::ParentDir | Component::Prefix(_)
-            )
-        });
-        if unsafe_name {
-            bail!(
-                "workspace archive {} contained an unsafe path {}",
-                archive.display(),
-                name.display()
-            );
-        }
-    }
-    Ok(())
 }
 
 /// The container command of a cell: the staged workspace, imports (ro)

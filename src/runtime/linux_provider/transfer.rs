@@ -3,7 +3,7 @@
 //! The provider half is a `tar` process inside the provider, started through
 //! the caller's shell. The host half is in-process: a push builds the archive
 //! with the `tar` crate straight into the provider's stdin, and a pull reads
-//! the provider's stdout with the safe extractor. Failures are reported in
+//! the provider's stdout with the checked extraction of `extract`. Failures are reported in
 //! pipeline order: the producer first, then the consumer, then the copy
 //! between them (where a broken pipe only echoes a failure already reported).
 #![forbid(unsafe_code)]
@@ -121,7 +121,7 @@ pub(super) fn pull(mut producer: Command, local_parent: &Path, log: &mut String)
     let (mut stdout, stderr) = child_pipes(&mut child)?;
     let (extracted, drained, stderr) = thread::scope(|scope| {
         let stderr_reader = scope.spawn(move || read_to_end(stderr));
-        let extracted = extract::unpack(&mut stdout, local_parent, log);
+        let extracted = extract::unpack(&mut stdout, local_parent);
         // Read to EOF so the provider never sees a broken pipe while writing
         // its end-of-archive padding, and its status stays meaningful.
         let drained = io::copy(&mut stdout, &mut io::sink());

@@ -25,7 +25,7 @@ use super::host::{
 };
 use crate::oci::registry::PullSource;
 use crate::oci::{oci_arch_name, ImageLayout, Platform};
-use crate::runtime::worker_support::remove_path_if_exists;
+use crate::runtime::tree::remove_path_if_exists;
 use crate::unpack::{unpack_layers_into, LayerInput, UnpackOptions};
 use cache::{cache_identity, cache_key, cached_rootfs};
 use handoff::Copy;
