@@ -7,8 +7,9 @@
 //! oci-client's internal default client wants a host CA store; on a host
 //! with none at all (a static binary in an empty image) the program opts
 //! in to bundled roots once, at start-up, with
-//! [`provide_ca_store_for_process`]: the library itself never touches the
-//! process environment. Plain HTTP is used for loopback registries and,
+//! [`provide_ca_store_for_process`]. The library does so itself only while
+//! the pulling thread is the process's only thread, when no other thread
+//! can read the environment as it changes. Plain HTTP is used for loopback registries and,
 //! with `insecure`, for any registry.
 
 use std::io::Write;
@@ -49,14 +50,16 @@ pub(crate) fn build(endpoint: &Endpoint) -> Result<oci_client::Client, RegistryE
     let _ = rustls::crypto::ring::default_provider().install_default();
     // See `provide_ca_store_for_process`: without a CA store, oci-client's
     // throwaway default client would panic inside `Client::try_from`.
+    provide_ca_store_while_alone();
     if system_roots().is_empty() {
         return Err(RegistryError::Setup(format!(
             "build HTTP client for {}: the host has no CA store (none in the system \
              paths, SSL_CERT_FILE or SSL_CERT_DIR), and oci-client needs one even \
              though metalor brings its own roots; set SSL_CERT_FILE, or call \
              metalor::oci::registry::client::provide_ca_store_for_process() \
-             before the program starts threads",
-            endpoint.host
+             before the program starts threads (this process already has {} threads)",
+            endpoint.host,
+            thread_count().map_or("several".to_owned(), |n| n.to_string())
         )));
     }
     let protocol = if endpoint.plain_http {
@@ -136,8 +139,9 @@ fn system_roots() -> Vec<Certificate> {
 /// It sets a process environment variable, which is only sound while no
 /// other thread can read the environment: call it at the start of `main`,
 /// before any thread exists. The `metalor` binary does so before `pull`.
-/// The library never calls it; without it, a pull on such a host fails
-/// with a message naming this function.
+/// The library calls it only while the calling thread is the process's
+/// only one ([`provide_ca_store_while_alone`]); otherwise a pull on such a
+/// host fails with a message naming this function.
 pub fn provide_ca_store_for_process() {
     // `load_native_certs` honours SSL_CERT_FILE/SSL_CERT_DIR, so a variable
     // that names nothing usable counts as no CA store, as it does for reqwest.
@@ -155,6 +159,28 @@ pub fn provide_ca_store_for_process() {
     // Kept open for the life of the process: the path below names it.
     let fd = file.into_raw_fd();
     std::env::set_var("SSL_CERT_FILE", format!("/proc/self/fd/{fd}"));
+}
+
+/// [`provide_ca_store_for_process`], when this thread is the process's only
+/// one: then nothing can read the environment while it changes, so a library
+/// caller that pulls before starting threads (a static binary in an empty
+/// image, say) needs no set-up of its own. With other threads alive it does
+/// nothing, and [`build`] explains what to do instead.
+pub(crate) fn provide_ca_store_while_alone() {
+    if thread_count() == Some(1) {
+        provide_ca_store_for_process();
+    }
+}
+
+/// The process's thread count, from `/proc/self/status`. While it is 1 no
+/// other thread can start behind the caller's back: only this one could
+/// start it.
+fn thread_count() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 /// `webpki-root-certs` as a PEM bundle.
