@@ -185,6 +185,31 @@ fn device_and_fifo_through_a_symlinked_parent_are_contained() {
     s.canary.assert_unchanged();
 }
 
+/// A device header whose major or minor field is not an octal number.
+fn device_with_garbled_number(name: &[u8], typeflag: u8, field: std::ops::Range<usize>) -> Vec<u8> {
+    let mut block = Hdr::new(name, typeflag).encode();
+    block[field].copy_from_slice(b"zz\0\0\0\0\0\0");
+    block[148..156].copy_from_slice(b"        ");
+    let sum: u32 = block.iter().map(|&b| u32::from(b)).sum();
+    block[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    Tar::new().bytes(&block).finish()
+}
+
+/// Unreadable device numbers used to become 0:0, a different device.
+#[test]
+fn unreadable_device_numbers_fail_with_the_path() {
+    for (typeflag, field) in [(kind::CHAR, 329..337), (kind::BLOCK, 337..345)] {
+        let s = Scene::new();
+        let tar = device_with_garbled_number(b"dev/bad", typeflag, field);
+        match s.unpack_fails(&[tar]) {
+            UnpackError::Io { op, path, .. } => {
+                assert_eq!((op, path.as_str()), ("read device number of", "dev/bad"))
+            }
+            other => panic!("expected an I/O error for dev/bad, got {}", chain(&other)),
+        }
+    }
+}
+
 #[test]
 fn hardlink_with_dotdot_target_is_rejected() {
     for target in ["../canary/canary-file", "a/../../x", ".."] {
@@ -302,12 +327,14 @@ fn whiteout_of_dot_dotdot_or_empty_is_rejected() {
 }
 
 #[test]
-fn whiteout_name_with_a_slash_is_rejected() {
-    for name in [".wh.a/b", "d/.wh.x/y", ".wh..wh..opq/x"] {
+fn a_parent_directory_named_like_a_whiteout_is_rejected() {
+    for name in [".wh.a/b", "d/.wh.x/y", ".wh..wh..opq/x", "d/.wh.x/e/f"] {
         let s = Scene::new();
         let l1 = Tar::new().file("a/b", b"k").file("d/x/y", b"").finish();
         let l2 = Tar::new().whiteout(name).finish();
-        assert_hostile(&s.unpack_fails(&[l1, l2]), "'/'");
+        let err = s.unpack_fails(&[l1, l2]);
+        assert_hostile(&err, "a parent directory component is a whiteout name");
+        assert!(err.to_string().contains(name), "{err}");
     }
 }
 

@@ -408,6 +408,33 @@ fn pax_user_xattr_is_applied_or_counted() {
     assert_eq!(s.read("f"), b"x");
 }
 
+/// Only "not supported" and "not permitted" are skipped: an xattr the
+/// kernel refuses for another reason (here ERANGE, a name past 255 bytes,
+/// checked before any filesystem sees it) fails the layer, naming the path
+/// and the attribute.
+#[test]
+fn xattr_errors_other_than_unsupported_fail_the_layer() {
+    let s = Scene::new();
+    let name = format!("user.{}", "x".repeat(300));
+    let key = format!("SCHILY.xattr.{name}");
+    let mut l1 = Tar::new();
+    l1.pax(&[(key.as_str(), b"v")]).file("etc/f", b"x");
+    match s.unpack_fails(&[l1.finish()]) {
+        UnpackError::Xattr {
+            path,
+            name: found,
+            source,
+        } => {
+            assert_eq!((path.as_str(), found.as_str()), ("etc/f", name.as_str()));
+            assert_eq!(
+                source.raw_os_error(),
+                Some(rustix::io::Errno::RANGE.raw_os_error())
+            );
+        }
+        other => panic!("expected an xattr error, got {}", chain(&other)),
+    }
+}
+
 #[test]
 fn pax_xattr_on_a_directory_is_applied_or_counted() {
     let s = Scene::new();

@@ -22,6 +22,19 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
+    /// An extended attribute from the layer could not be set, for a reason
+    /// other than missing support or privilege (those are only counted):
+    /// the tree would otherwise differ from the image without a word.
+    #[error("set xattr {name} on {path}")]
+    Xattr {
+        /// The member path, as normalized.
+        path: String,
+        /// The attribute name, such as `security.capability`.
+        name: String,
+        /// The system error.
+        #[source]
+        source: io::Error,
+    },
     /// The layer stream itself could not be read or decoded.
     #[error("read layer stream")]
     Stream(#[source] io::Error),
