@@ -3,6 +3,8 @@
 
 use std::io;
 
+use crate::oci::Digest;
+
 /// Everything that can stop a layer from being applied.
 ///
 /// Messages read like strace: the operation, then the member path, then
@@ -62,10 +64,20 @@ pub enum UnpackError {
         /// The configured limit.
         limit: u64,
     },
-    /// A digest or size did not match what the image declares.
+    /// A digest names an algorithm metalor cannot compute, so the layer
+    /// could not be verified; content that cannot be verified is not
+    /// applied.
+    #[error("cannot verify {what} {digest}: unsupported digest algorithm")]
+    UnverifiableDigest {
+        /// `blob digest` or `diff_id`.
+        what: &'static str,
+        /// The digest as the image gives it.
+        digest: Digest,
+    },
+    /// A digest, size or compression did not match what the image declares.
     #[error("{what} mismatch: expected {expected}, found {found}")]
     Mismatch {
-        /// `blob digest`, `blob size` or `diff_id`.
+        /// `blob digest`, `blob size`, `diff_id` or `layer compression`.
         what: &'static str,
         /// The declared value.
         expected: String,
