@@ -26,9 +26,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use metalor::oci::Digest;
 use metalor::unpack::decode::{self, Rewound};
 use metalor::unpack::{unpack_layers_into, Applier, LayerInput, Privileges, UnpackOptions};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
 const FILES: usize = 3000;
 const DIRS: usize = 120;
@@ -240,16 +241,16 @@ fn sha256(data: &[u8]) -> String {
 /// One layer blob plus what the manifest and config say about it.
 struct Blob {
     bytes: Vec<u8>,
-    digest: String,
-    diff_id: String,
+    digest: Digest,
+    diff_id: Digest,
 }
 
 impl Blob {
     fn new(tar: &[u8], compress: fn(&[u8]) -> Vec<u8>) -> Self {
         let bytes = compress(tar);
         Blob {
-            digest: sha256(&bytes),
-            diff_id: sha256(tar),
+            digest: Digest::parse(&sha256(&bytes)).unwrap(),
+            diff_id: Digest::parse(&sha256(tar)).unwrap(),
             bytes,
         }
     }
@@ -260,6 +261,7 @@ impl Blob {
             digest: self.digest.clone(),
             size: self.bytes.len() as u64,
             diff_id: self.diff_id.clone(),
+            compression: None,
             blob_verified: false,
         }
     }

@@ -185,6 +185,31 @@ fn device_and_fifo_through_a_symlinked_parent_are_contained() {
     s.canary.assert_unchanged();
 }
 
+/// A device header whose major or minor field is not an octal number.
+fn device_with_garbled_number(name: &[u8], typeflag: u8, field: std::ops::Range<usize>) -> Vec<u8> {
+    let mut block = Hdr::new(name, typeflag).encode();
+    block[field].copy_from_slice(b"zz\0\0\0\0\0\0");
+    block[148..156].copy_from_slice(b"        ");
+    let sum: u32 = block.iter().map(|&b| u32::from(b)).sum();
+    block[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    Tar::new().bytes(&block).finish()
+}
+
+/// Unreadable device numbers used to become 0:0, a different device.
+#[test]
+fn unreadable_device_numbers_fail_with_the_path() {
+    for (typeflag, field) in [(kind::CHAR, 329..337), (kind::BLOCK, 337..345)] {
+        let s = Scene::new();
+        let tar = device_with_garbled_number(b"dev/bad", typeflag, field);
+        match s.unpack_fails(&[tar]) {
+            UnpackError::Io { op, path, .. } => {
+                assert_eq!((op, path.as_str()), ("read device number of", "dev/bad"))
+            }
+            other => panic!("expected an I/O error for dev/bad, got {}", chain(&other)),
+        }
+    }
+}
+
 #[test]
 fn hardlink_with_dotdot_target_is_rejected() {
     for target in ["../canary/canary-file", "a/../../x", ".."] {
@@ -302,12 +327,14 @@ fn whiteout_of_dot_dotdot_or_empty_is_rejected() {
 }
 
 #[test]
-fn whiteout_name_with_a_slash_is_rejected() {
-    for name in [".wh.a/b", "d/.wh.x/y", ".wh..wh..opq/x"] {
+fn a_parent_directory_named_like_a_whiteout_is_rejected() {
+    for name in [".wh.a/b", "d/.wh.x/y", ".wh..wh..opq/x", "d/.wh.x/e/f"] {
         let s = Scene::new();
         let l1 = Tar::new().file("a/b", b"k").file("d/x/y", b"").finish();
         let l2 = Tar::new().whiteout(name).finish();
-        assert_hostile(&s.unpack_fails(&[l1, l2]), "'/'");
+        let err = s.unpack_fails(&[l1, l2]);
+        assert_hostile(&err, "a parent directory component is a whiteout name");
+        assert!(err.to_string().contains(name), "{err}");
     }
 }
 
@@ -581,15 +608,31 @@ fn diff_id_claiming_the_compressed_digest_is_a_mismatch() {
     }
 }
 
+/// A malformed digest cannot be a `Digest` at all; one the grammar allows
+/// but metalor cannot compute fails before any layer is applied.
 #[test]
-fn malformed_digests_are_rejected_up_front() {
+fn unverifiable_digests_are_rejected_up_front() {
     let tar = Tar::new().file("f", b"x").finish();
     let mut blob = Blob::new(&tar, Wrap::Plain);
     blob.digest = "md5:abcd".into();
-    assert_mismatch(&two_layers_second(blob), "digest format");
+    assert_unverifiable(&two_layers_second(blob), "blob digest", "md5:abcd");
     let mut blob = Blob::new(&tar, Wrap::Plain);
-    blob.diff_id = blob.diff_id.to_uppercase();
-    assert_mismatch(&two_layers_second(blob), "digest format");
+    blob.diff_id = "multihash+base58:QmRZxt2b1F".into();
+    assert_unverifiable(
+        &two_layers_second(blob),
+        "diff_id",
+        "multihash+base58:QmRZxt2b1F",
+    );
+}
+
+#[track_caller]
+fn assert_unverifiable(err: &UnpackError, what: &str, digest: &str) {
+    match err {
+        UnpackError::UnverifiableDigest { what: w, digest: d } => {
+            assert_eq!((*w, d.as_str()), (what, digest))
+        }
+        other => panic!("expected an unverifiable {what}, got {}", chain(other)),
+    }
 }
 
 #[test]

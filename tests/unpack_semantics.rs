@@ -38,7 +38,7 @@ fn on_layer_reports_each_layer_in_order() {
         Tar::new().file("b", b"b").finish(),
     ];
     let inputs = layers(&tars);
-    let digests: Vec<String> = inputs.iter().map(|l| l.digest.clone()).collect();
+    let digests: Vec<String> = inputs.iter().map(|l| l.digest.to_string()).collect();
     let mut seen = Vec::new();
     metalor::unpack::unpack_layers_into(
         &s.target,
@@ -393,6 +393,33 @@ fn pax_user_xattr_is_applied_or_counted() {
     assert_eq!(s.read("f"), b"x");
 }
 
+/// Only "not supported" and "not permitted" are skipped: an xattr the
+/// kernel refuses for another reason (here ERANGE, a name past 255 bytes,
+/// checked before any filesystem sees it) fails the layer, naming the path
+/// and the attribute.
+#[test]
+fn xattr_errors_other_than_unsupported_fail_the_layer() {
+    let s = Scene::new();
+    let name = format!("user.{}", "x".repeat(300));
+    let key = format!("SCHILY.xattr.{name}");
+    let mut l1 = Tar::new();
+    l1.pax(&[(key.as_str(), b"v")]).file("etc/f", b"x");
+    match s.unpack_fails(&[l1.finish()]) {
+        UnpackError::Xattr {
+            path,
+            name: found,
+            source,
+        } => {
+            assert_eq!((path.as_str(), found.as_str()), ("etc/f", name.as_str()));
+            assert_eq!(
+                source.raw_os_error(),
+                Some(rustix::io::Errno::RANGE.raw_os_error())
+            );
+        }
+        other => panic!("expected an xattr error, got {}", chain(&other)),
+    }
+}
+
 #[test]
 fn pax_xattr_on_a_directory_is_applied_or_counted() {
     let s = Scene::new();
@@ -650,7 +677,7 @@ fn zstd_multi_frame_layer() {
 
 #[test]
 fn compression_is_sniffed_per_layer_whatever_the_mix() {
-    // LayerInput carries no media type: each blob is sniffed on its own.
+    // No declared compression: each blob is sniffed on its own.
     let s = Scene::new();
     let l1 = Tar::new().file("one", b"1").finish();
     let l2 = Tar::new().file("two", b"2").finish();
@@ -664,6 +691,42 @@ fn compression_is_sniffed_per_layer_whatever_the_mix() {
     assert_eq!(s.read("one"), b"1");
     assert_eq!(s.read("two"), b"2");
     assert_eq!(s.read("three"), b"3");
+}
+
+/// The rule of `unpack::decode`: a declared compression decides and must
+/// agree with the magic bytes; a mismatch fails the layer and leaves
+/// nothing behind.
+#[test]
+fn a_declared_compression_must_match_the_magic_bytes() {
+    use metalor::oci::Compression;
+    let tar = Tar::new().file("f", b"x").finish();
+    let blobs = [
+        (Compression::None, Blob::new(&tar, Wrap::Plain)),
+        (Compression::Gzip, Blob::new(&tar, Wrap::Gzip)),
+        (Compression::Zstd, Blob::new(&tar, Wrap::Zstd)),
+    ];
+    for (actual, blob) in &blobs {
+        for declared in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            let s = Scene::new();
+            let input = metalor::unpack::LayerInput {
+                compression: Some(declared),
+                ..blob.input()
+            };
+            let result = s.unpack(vec![input]);
+            if declared == *actual {
+                result.unwrap();
+                assert_eq!(s.read("f"), b"x");
+                continue;
+            }
+            let err = layer_error(result.unwrap_err());
+            assert_mismatch(&err, "layer compression");
+            assert!(
+                err.to_string().contains(declared.name()),
+                "{declared:?} on {actual:?}: {err}"
+            );
+            s.assert_clean_failure();
+        }
+    }
 }
 
 #[test]

@@ -48,9 +48,10 @@ pub fn run(args: &UnpackArgs) -> anyhow::Result<()> {
     for layer in &image.layers {
         layers.push(LayerInput {
             blob: Box::new(layout.open_blob(&layer.digest)?),
-            digest: layer.digest.to_string(),
+            digest: layer.digest.clone(),
             size: layer.size,
-            diff_id: layer.diff_id.to_string(),
+            diff_id: layer.diff_id.clone(),
+            compression: Some(layer.compression),
             blob_verified: false,
         });
     }
@@ -60,7 +61,7 @@ pub fn run(args: &UnpackArgs) -> anyhow::Result<()> {
     };
     let progress = Progress::new(args.quiet, layers.len());
     let stats = unpack_layers_into(&args.rootfs, layers, options, &mut |i, digest| {
-        progress.step(i, digest)
+        progress.step(i, digest.as_str())
     })
     .with_context(|| {
         format!(

@@ -252,13 +252,20 @@ impl fmt::Debug for DigestHasher {
 /// A reader that hashes and counts what passes through it and checks the
 /// total against a descriptor's digest and size.
 ///
-/// It is the streaming half of "verify before commit": the unpacker reads a
-/// layer blob through it and only renames the staged rootfs into place once
-/// the verifier said yes. The check happens when the inner reader reports
-/// end of file (the final `read` then fails instead of returning 0) and in
+/// It is the streaming half of "verify before commit" for a caller that
+/// reads a blob once and acts only on a yes, as
+/// [`LayoutWriter::has_verified_blob`](super::LayoutWriter::has_verified_blob)
+/// does before a pull trusts a blob already in the layout. The unpacker
+/// does not read layers through it: its pipeline hashes and counts each
+/// blob on the decoder thread, next to the decompression, and checks the
+/// diff_id on a thread of its own (see `crate::unpack`).
+///
+/// The check happens when the inner reader reports end of file (the final
+/// `read` then fails instead of returning 0) and in
 /// [`DigestVerifier::finish`], which also drains unread trailing bytes so
-/// that data after a tar end-of-archive marker is still covered. Reading
-/// stops with an error as soon as the stream passes the expected size.
+/// that nothing after the part a consumer cared about goes unchecked.
+/// Reading stops with an error as soon as the stream passes the expected
+/// size.
 ///
 /// Errors from `read` are `io::Error`s of kind `InvalidData` wrapping an
 /// [`OciError`]; [`OciError::try_from_io`] gets the typed error back.

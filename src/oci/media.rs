@@ -3,8 +3,8 @@
 //!
 //! Documents are the OCI image-spec types plus Docker's v2 schema 2 ones
 //! (registries and skopeo still hand those out). Layer types map to a
-//! [`Compression`]; any other layer type is refused rather than guessed,
-//! because unpacking the wrong format would fail late and obscurely.
+//! [`Compression`]; how that declaration and a blob's magic bytes together
+//! choose the decoder is written down once, in [`crate::unpack::decode`].
 
 use serde::Serialize;
 
@@ -71,18 +71,19 @@ pub fn is_image_config(media_type: &str) -> bool {
     matches!(media_type, OCI_CONFIG | DOCKER_CONFIG)
 }
 
-/// How a layer blob is compressed, as declared by its media type.
+/// How a layer blob is compressed: what its media type declares, or what
+/// its magic bytes show.
 ///
-/// The unpacker may still sniff magic bytes; this is the declared intent,
-/// which is also what a registry or `umoci` would go by.
+/// The one type for both, so that the unpacker can compare the two (see
+/// [`crate::unpack::decode`] for the rule).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// A plain tar stream.
     None,
-    /// gzip (RFC 1952) around a tar stream.
+    /// gzip (RFC 1952) around a tar stream, one or more members.
     Gzip,
-    /// zstd frames around a tar stream.
+    /// zstd frames around a tar stream, one or more frames.
     Zstd,
 }
 
@@ -97,6 +98,15 @@ impl Compression {
             }
             OCI_LAYER_TAR_ZSTD | OCI_LAYER_NONDIST_TAR_ZSTD => Some(Compression::Zstd),
             _ => None,
+        }
+    }
+
+    /// A short word for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "plain tar",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
         }
     }
 }

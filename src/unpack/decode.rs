@@ -1,4 +1,26 @@
-//! Layer stream decoding: compression sniffing, gzip through zlib-rs, zstd.
+//! Layer stream decoding: which decoder a layer gets, gzip through
+//! zlib-rs, zstd.
+//!
+//! # Which decoder a layer gets
+//!
+//! This is the one place the rule is written; [`decide`] applies it.
+//!
+//! - **The declared media type decides.** A known layer type names its
+//!   [`Compression`] ([`Compression::from_layer_media_type`]), as it does for
+//!   umoci, which picks its decompressor from the media type alone. An
+//!   unknown layer type is refused when the image is resolved
+//!   ([`crate::oci::OciError::UnknownLayerMediaType`]), never guessed.
+//! - **The magic bytes only check that declaration.** A blob whose first
+//!   bytes say otherwise (a `tar+gzip` layer that holds plain tar or zstd, a
+//!   `tar` layer that starts with gzip or zstd magic) fails with a
+//!   `layer compression` mismatch naming both, instead of being decoded as
+//!   either one. umoci fails on such a blob too, only later and less
+//!   clearly ("gzip: invalid header"); and decoding by the bytes would make
+//!   the tree depend on which tool read the image.
+//! - **Without a declaration the magic bytes decide.** A
+//!   [`LayerInput`](super::LayerInput) whose `compression` is `None` (a bare
+//!   layer stream that no manifest describes) is read as gzip or zstd when
+//!   it starts with their magic, as plain tar otherwise.
 //!
 //! gzip goes through `zlib_rs::Inflate` directly rather than flate2: the
 //! layout store (ocidir) switches flate2 to the C zlib backend for the whole
@@ -7,22 +29,15 @@
 
 use std::io::{self, Read};
 
-/// How a layer stream is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// A plain tar stream.
-    None,
-    /// gzip, one or more members.
-    Gzip,
-    /// zstd, one or more frames.
-    Zstd,
-}
+pub use crate::oci::media::Compression;
+
+use super::error::UnpackError;
 
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 
-/// Tells the compression from the first bytes of a stream. Magic bytes win
-/// over a media type, which registries and tools sometimes get wrong.
+/// Tells the compression from the first bytes of a stream. Anything without
+/// gzip or zstd magic is taken for plain tar.
 pub fn sniff(head: &[u8]) -> Compression {
     if head.starts_with(GZIP_MAGIC) {
         Compression::Gzip
@@ -30,6 +45,28 @@ pub fn sniff(head: &[u8]) -> Compression {
         Compression::Zstd
     } else {
         Compression::None
+    }
+}
+
+/// Picks the decoder for a layer from what its media type declared (if
+/// anything) and what its magic bytes show, following the module's rule: a
+/// declaration decides and must agree with the bytes; without one, the
+/// bytes decide.
+pub fn decide(
+    declared: Option<Compression>,
+    sniffed: Compression,
+) -> Result<Compression, UnpackError> {
+    match declared {
+        None => Ok(sniffed),
+        Some(declared) if declared == sniffed => Ok(declared),
+        Some(declared) => Err(UnpackError::Mismatch {
+            what: "layer compression",
+            expected: format!("{} per the media type", declared.name()),
+            found: match sniffed {
+                Compression::None => "neither gzip nor zstd magic bytes".to_owned(),
+                other => format!("{} magic bytes", other.name()),
+            },
+        }),
     }
 }
 
@@ -232,6 +269,34 @@ mod tests {
         assert_eq!(sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
         assert_eq!(sniff(b"usr/"), Compression::None);
         assert_eq!(sniff(b""), Compression::None);
+    }
+
+    #[test]
+    fn a_declaration_decides_and_must_match_the_bytes() {
+        use Compression::{Gzip, None as Plain, Zstd};
+        for kind in [Plain, Gzip, Zstd] {
+            assert_eq!(decide(None, kind).unwrap(), kind);
+            assert_eq!(decide(Some(kind), kind).unwrap(), kind);
+        }
+        for (declared, sniffed) in [(Gzip, Plain), (Gzip, Zstd), (Zstd, Gzip), (Plain, Gzip)] {
+            let err = decide(Some(declared), sniffed).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    UnpackError::Mismatch {
+                        what: "layer compression",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+        let err = decide(Some(Gzip), Plain).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "layer compression mismatch: expected gzip per the media type, \
+             found neither gzip nor zstd magic bytes"
+        );
     }
 
     #[test]

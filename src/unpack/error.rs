@@ -3,6 +3,8 @@
 
 use std::io;
 
+use crate::oci::Digest;
+
 /// Everything that can stop a layer from being applied.
 ///
 /// Messages read like strace: the operation, then the member path, then
@@ -18,6 +20,19 @@ pub enum UnpackError {
         op: &'static str,
         /// The member path, as normalized.
         path: String,
+        /// The system error.
+        #[source]
+        source: io::Error,
+    },
+    /// An extended attribute from the layer could not be set, for a reason
+    /// other than missing support or privilege (those are only counted):
+    /// the tree would otherwise differ from the image without a word.
+    #[error("set xattr {name} on {path}")]
+    Xattr {
+        /// The member path, as normalized.
+        path: String,
+        /// The attribute name, such as `security.capability`.
+        name: String,
         /// The system error.
         #[source]
         source: io::Error,
@@ -49,10 +64,20 @@ pub enum UnpackError {
         /// The configured limit.
         limit: u64,
     },
-    /// A digest or size did not match what the image declares.
+    /// A digest names an algorithm metalor cannot compute, so the layer
+    /// could not be verified; content that cannot be verified is not
+    /// applied.
+    #[error("cannot verify {what} {digest}: unsupported digest algorithm")]
+    UnverifiableDigest {
+        /// `blob digest` or `diff_id`.
+        what: &'static str,
+        /// The digest as the image gives it.
+        digest: Digest,
+    },
+    /// A digest, size or compression did not match what the image declares.
     #[error("{what} mismatch: expected {expected}, found {found}")]
     Mismatch {
-        /// `blob digest`, `blob size` or `diff_id`.
+        /// `blob digest`, `blob size`, `diff_id` or `layer compression`.
         what: &'static str,
         /// The declared value.
         expected: String,

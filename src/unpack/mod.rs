@@ -11,7 +11,6 @@
 
 mod apply;
 pub mod decode;
-mod digest;
 mod error;
 mod fsops;
 mod path;

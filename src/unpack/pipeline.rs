@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use super::apply::Applier;
 use super::decode::{self, Compression, Rewound};
-use super::digest::{DigestCheck, Hasher};
 use super::error::UnpackError;
+use crate::oci::{Digest, DigestHasher};
 
 const CHUNK: usize = 1024 * 1024;
 /// Chunks queued to the applier and to the hasher. Eight rather than four
@@ -30,12 +30,16 @@ type Chunk = Arc<Vec<u8>>;
 pub struct LayerInput {
     /// The compressed blob stream (usually the blob file).
     pub blob: Box<dyn Read + Send>,
-    /// The blob digest (`algorithm:hex`) from the manifest.
-    pub digest: String,
+    /// The blob digest from the manifest.
+    pub digest: Digest,
     /// The blob size from the manifest.
     pub size: u64,
     /// The uncompressed digest from the config's `rootfs.diff_ids`.
-    pub diff_id: String,
+    pub diff_id: Digest,
+    /// The compression the layer's media type declares, which decides the
+    /// decoder; `None` for a bare stream no manifest describes, which is
+    /// then read by its magic bytes (see [`decode`] for the rule).
+    pub compression: Option<Compression>,
     /// The caller has just verified this blob's digest and size itself
     /// (it wrote the blob into the layout moments ago, as a pull does), so
     /// the compressed bytes are not hashed a second time; they are still
@@ -57,7 +61,8 @@ enum Msg {
 
 /// Decoder to hasher.
 enum HashMsg {
-    Start(DigestCheck),
+    /// A layer begins: the diff_id to check.
+    Start(Digest),
     Data(Chunk),
     End,
 }
@@ -69,17 +74,42 @@ fn recycle(chunk: Chunk, pool: &SyncSender<Vec<u8>>) {
     }
 }
 
+/// A fresh hasher for `digest`, or the error for an algorithm metalor
+/// cannot compute.
+fn hasher_for(what: &'static str, digest: &Digest) -> Result<DigestHasher, UnpackError> {
+    digest
+        .hasher()
+        .map_err(|_| UnpackError::UnverifiableDigest {
+            what,
+            digest: digest.clone(),
+        })
+}
+
+/// Compares what `hasher` saw with `expected`.
+fn verify(what: &'static str, expected: &Digest, hasher: DigestHasher) -> Result<(), UnpackError> {
+    let found = hasher.finish_hex();
+    if found == expected.hex() {
+        return Ok(());
+    }
+    Err(UnpackError::Mismatch {
+        what,
+        expected: expected.to_string(),
+        found: format!("{}:{found}", expected.algorithm()),
+    })
+}
+
 /// Applies `layers` in order with `applier`, verifying each blob digest, blob
-/// size and diff_id. `on_layer` is told when each layer is done.
+/// size and diff_id. `on_layer` is told when each layer is done. A digest
+/// that cannot be verified fails before anything is applied.
 pub fn apply_layers(
     applier: &mut Applier<'_>,
     layers: Vec<LayerInput>,
-    on_layer: &mut dyn FnMut(usize, &str),
+    on_layer: &mut dyn FnMut(usize, &Digest),
 ) -> Result<(), (usize, UnpackError)> {
     let mut digests = Vec::with_capacity(layers.len());
     for (i, layer) in layers.iter().enumerate() {
-        DigestCheck::parse(&layer.digest).map_err(|e| (i, e))?;
-        DigestCheck::parse(&layer.diff_id).map_err(|e| (i, e))?;
+        hasher_for("blob digest", &layer.digest).map_err(|e| (i, e))?;
+        hasher_for("diff_id", &layer.diff_id).map_err(|e| (i, e))?;
         digests.push(layer.digest.clone());
     }
     let (tx, rx) = sync_channel::<Msg>(IN_FLIGHT);
@@ -187,13 +217,19 @@ fn hash_all(
     verdicts: Sender<Result<(), UnpackError>>,
     pool: SyncSender<Vec<u8>>,
 ) {
-    let mut current: Option<(DigestCheck, Hasher)> = None;
+    let mut current: Option<(Digest, DigestHasher)> = None;
     while let Ok(msg) = rx.recv() {
         match msg {
-            HashMsg::Start(check) => {
-                let hasher = check.hasher();
-                current = Some((check, hasher));
-            }
+            HashMsg::Start(diff_id) => match hasher_for("diff_id", &diff_id) {
+                Ok(hasher) => current = Some((diff_id, hasher)),
+                // This layer's verdict, sent early; End then has none to send.
+                Err(e) => {
+                    current = None;
+                    if verdicts.send(Err(e)).is_err() {
+                        return;
+                    }
+                }
+            },
             HashMsg::Data(chunk) => {
                 if let Some((_, hasher)) = current.as_mut() {
                     hasher.update(&chunk);
@@ -201,8 +237,8 @@ fn hash_all(
                 recycle(chunk, &pool);
             }
             HashMsg::End => {
-                if let Some((check, hasher)) = current.take() {
-                    if verdicts.send(check.verify("diff_id", hasher)).is_err() {
+                if let Some((diff_id, hasher)) = current.take() {
+                    if verdicts.send(verify("diff_id", &diff_id, hasher)).is_err() {
                         return;
                     }
                 }
@@ -239,15 +275,23 @@ fn decode_one(
     hash_tx: &SyncSender<HashMsg>,
     pool: &Receiver<Vec<u8>>,
 ) -> Result<Option<bool>, UnpackError> {
-    let check = DigestCheck::parse(&layer.digest)?;
-    let diff = DigestCheck::parse(&layer.diff_id)?;
+    let hasher = if layer.blob_verified {
+        None
+    } else {
+        Some(hasher_for("blob digest", &layer.digest)?)
+    };
     let mut hashed = HashingReader {
         inner: layer.blob,
-        hasher: (!layer.blob_verified).then(|| check.hasher()),
+        hasher,
         count: 0,
         limit: layer.size,
     };
-    let streamed = stream_blob(&mut hashed, &check, diff, tx, hash_tx, pool);
+    let target = StreamTarget {
+        digest: &layer.digest,
+        diff_id: layer.diff_id,
+        declared: layer.compression,
+    };
+    let streamed = stream_blob(&mut hashed, target, tx, hash_tx, pool);
     let streamed = match streamed {
         // Past the declared size is a size mismatch, whatever read saw it.
         Err(_) if hashed.count > layer.size => Err(UnpackError::Mismatch {
@@ -268,7 +312,7 @@ fn decode_one(
         });
     }
     if let Some(hasher) = hashed.hasher {
-        check.verify("blob digest", hasher)?;
+        verify("blob digest", &layer.digest, hasher)?;
     }
     Ok(Some(diff_hashed))
 }
@@ -281,16 +325,16 @@ fn decode_one(
 /// Returns whether it did, or `None` if the applier hung up.
 fn stream_blob(
     hashed: &mut HashingReader,
-    check: &DigestCheck,
-    diff: DigestCheck,
+    target: StreamTarget<'_>,
     tx: &SyncSender<Msg>,
     hash_tx: &SyncSender<HashMsg>,
     pool: &Receiver<Vec<u8>>,
 ) -> Result<Option<bool>, UnpackError> {
     let blob_hashed_here = hashed.hasher.is_some();
-    let (kind, rewound) = Rewound::sniff(&mut *hashed).map_err(UnpackError::Stream)?;
-    let hash = !(blob_hashed_here && kind == Compression::None && *check == diff);
-    if hash && hash_tx.send(HashMsg::Start(diff)).is_err() {
+    let (sniffed, rewound) = Rewound::sniff(&mut *hashed).map_err(UnpackError::Stream)?;
+    let kind = decode::decide(target.declared, sniffed)?;
+    let hash = !(blob_hashed_here && kind == Compression::None && *target.digest == target.diff_id);
+    if hash && hash_tx.send(HashMsg::Start(target.diff_id)).is_err() {
         return Ok(None);
     }
     {
@@ -335,12 +379,19 @@ fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// What one blob is checked against and decoded as.
+struct StreamTarget<'a> {
+    digest: &'a Digest,
+    diff_id: Digest,
+    declared: Option<Compression>,
+}
+
 /// Hashes (unless the caller already verified the blob) and counts the
 /// compressed bytes; refuses to read past the declared size, so a lying
 /// size cannot make us read forever.
 struct HashingReader {
     inner: Box<dyn Read + Send>,
-    hasher: Option<Hasher>,
+    hasher: Option<DigestHasher>,
     count: u64,
     limit: u64,
 }

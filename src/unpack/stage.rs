@@ -16,6 +16,7 @@ use super::error::UnpackError;
 use super::fsops;
 use super::pipeline::{apply_layers, LayerInput};
 use super::{LayerStats, UnpackOptions};
+use crate::oci::Digest;
 
 /// Why an image could not be unpacked to its target.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +47,7 @@ pub enum StagedUnpackError {
         /// The layer's position in the manifest, from 0.
         index: usize,
         /// The layer's blob digest.
-        digest: String,
+        digest: Digest,
         /// What went wrong inside the layer.
         #[source]
         source: UnpackError,
@@ -70,7 +71,7 @@ pub fn unpack_layers_into(
     target: &Path,
     layers: Vec<LayerInput>,
     options: UnpackOptions,
-    on_layer: &mut dyn FnMut(usize, &str),
+    on_layer: &mut dyn FnMut(usize, &Digest),
 ) -> Result<LayerStats, StagedUnpackError> {
     check_target(target)?;
     let parent = match target.parent() {
@@ -123,16 +124,17 @@ fn fill_staging(
     staging_path: &Path,
     layers: Vec<LayerInput>,
     options: UnpackOptions,
-    on_layer: &mut dyn FnMut(usize, &str),
+    on_layer: &mut dyn FnMut(usize, &Digest),
 ) -> Result<LayerStats, StagedUnpackError> {
     let root = fsops::open_subdir_nofollow(parent_fd.as_fd(), staging)
         .map_err(io_err("open staging directory", staging_path))?;
-    let digests: Vec<String> = layers.iter().map(|l| l.digest.clone()).collect();
+    let digests: Vec<Digest> = layers.iter().map(|l| l.digest.clone()).collect();
     let mut applier = Applier::new(root.as_fd(), options, Privileges::detect());
     apply_layers(&mut applier, layers, on_layer).map_err(|(index, source)| {
         StagedUnpackError::Layer {
             index,
-            digest: digests.get(index).cloned().unwrap_or_default(),
+            // apply_layers reports the index of one of `layers`.
+            digest: digests[index].clone(),
             source,
         }
     })?;

@@ -10,10 +10,11 @@ use std::io::{Cursor, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use metalor::oci::Digest;
 use metalor::unpack::{
     unpack_layers_into, LayerInput, LayerStats, StagedUnpackError, UnpackError, UnpackOptions,
 };
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 
 /// Tar entry types, as the typeflag byte.
@@ -318,9 +319,10 @@ impl Blob {
     pub fn input(&self) -> LayerInput {
         LayerInput {
             blob: Box::new(Cursor::new(self.bytes.clone())),
-            digest: self.digest.clone(),
+            digest: Digest::parse(&self.digest).expect("test blob digest"),
             size: self.size,
-            diff_id: self.diff_id.clone(),
+            diff_id: Digest::parse(&self.diff_id).expect("test diff_id"),
+            compression: None,
             blob_verified: false,
         }
     }

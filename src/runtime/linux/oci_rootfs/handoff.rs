@@ -126,9 +126,10 @@ fn unpack_arriving(
                 digest: layer.digest.clone(),
                 file: None,
             }),
-            digest: layer.digest.to_string(),
+            digest: layer.digest.clone(),
             size: layer.size,
-            diff_id: layer.diff_id.to_string(),
+            diff_id: layer.diff_id.clone(),
+            compression: Some(layer.compression),
             // The copy verified digest and size before it reported the blob.
             blob_verified: true,
         })

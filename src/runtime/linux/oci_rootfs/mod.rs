@@ -157,9 +157,10 @@ fn unpack_image(layout: &Path, platform: &Platform, rootfs: &Path) -> Result<()>
     for layer in &image.layers {
         layers.push(LayerInput {
             blob: Box::new(image_layout.open_blob(&layer.digest)?),
-            digest: layer.digest.to_string(),
+            digest: layer.digest.clone(),
             size: layer.size,
-            diff_id: layer.diff_id.to_string(),
+            diff_id: layer.diff_id.clone(),
+            compression: Some(layer.compression),
             blob_verified: false,
         });
     }

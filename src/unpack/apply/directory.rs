@@ -1,0 +1,65 @@
+//! Directories: a new one is created, an existing one is merged into, and a
+//! lower layer's symlink to a directory is kept (keep-dirlinks).
+#![forbid(unsafe_code)]
+
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use rustix::fs::FileType;
+use rustix::io::Errno;
+use tar::Entry;
+
+use super::Applier;
+use crate::unpack::error::{io_error, UnpackError};
+use crate::unpack::{fsops, path};
+
+impl Applier<'_> {
+    pub(super) fn directory<R: Read>(
+        &mut self,
+        entry: &mut Entry<'_, R>,
+        path: &[u8],
+    ) -> Result<(), UnpackError> {
+        let (parent, name) = path::split_parent(path);
+        let dir = self.parent_dir(parent)?;
+        match fsops::mkdir_at(dir.as_fd(), name, 0o700) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(Errno::EXIST.raw_os_error()) => {
+                if !self.merge_into_existing(dir.as_fd(), name, path)? {
+                    // keep-dirlinks: a symlink to a directory stays, and the
+                    // layer's children go through it.
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(io_error("mkdir", path, e)),
+        }
+        let fd = fsops::open_subdir_nofollow(dir.as_fd(), name)
+            .map_err(|e| io_error("open directory", path, e))?;
+        self.stats.dirs += 1;
+        self.finish_metadata(fd.as_fd(), entry, path)?;
+        let mtime = entry.header().mtime().map_err(UnpackError::Stream)?;
+        self.dir_times.push((path.to_vec(), mtime));
+        Ok(())
+    }
+
+    /// A directory entry met an existing name. Returns true when a real
+    /// directory is now there to take the metadata, false for a kept dirlink.
+    fn merge_into_existing(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+    ) -> Result<bool, UnpackError> {
+        let st = fsops::lstat_at(dir, name).map_err(|e| io_error("stat", path, e))?;
+        match st.map(|st| fsops::file_type(&st)) {
+            Some(FileType::Directory) => return Ok(true),
+            Some(FileType::Symlink) if fsops::open_dir_in_root(self.root, path).is_ok() => {
+                return Ok(false)
+            }
+            _ => {}
+        }
+        self.clear_slot(dir, name, path)?;
+        self.parent_cache = None;
+        fsops::mkdir_at(dir, name, 0o700).map_err(|e| io_error("mkdir", path, e))?;
+        Ok(true)
+    }
+}

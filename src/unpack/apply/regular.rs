@@ -1,0 +1,90 @@
+//! Regular files, sparse ones included: content is streamed into a file
+//! created in place of whatever the path held.
+#![forbid(unsafe_code)]
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::io::Errno;
+use tar::Entry;
+
+use super::Applier;
+use crate::unpack::error::{io_error, UnpackError};
+use crate::unpack::sparse::PaxSparse;
+use crate::unpack::{fsops, path, LayerStats};
+
+impl Applier<'_> {
+    pub(super) fn regular<R: Read>(
+        &mut self,
+        entry: &mut Entry<'_, R>,
+        path: &[u8],
+        sparse: Option<&PaxSparse>,
+    ) -> Result<(), UnpackError> {
+        let (parent, name) = path::split_parent(path);
+        let file = self.create_file(parent, name, path)?;
+        let mut file = std::fs::File::from(file);
+        if let Some(sparse) = sparse {
+            let (stats, limit) = (&mut self.stats, self.options.max_bytes);
+            let mut count = |n: u64| count_bytes(stats, limit, n);
+            sparse.write(entry, &mut file, path, &mut self.buffer, &mut count)?;
+            self.stats.files += 1;
+            return self.finish_metadata(file.as_fd(), entry, path);
+        }
+        let mut written = 0u64;
+        loop {
+            let n = match entry.read(&mut self.buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(UnpackError::Stream(e)),
+            };
+            written += n as u64;
+            count_bytes(&mut self.stats, self.options.max_bytes, n as u64)?;
+            file.write_all(&self.buffer[..n])
+                .map_err(|e| io_error("write", path, e))?;
+        }
+        if written != entry.size() {
+            return Err(UnpackError::Stream(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: {written} of {} bytes before the stream ended",
+                    String::from_utf8_lossy(path),
+                    entry.size()
+                ),
+            )));
+        }
+        self.stats.files += 1;
+        self.finish_metadata(file.as_fd(), entry, path)?;
+        Ok(())
+    }
+
+    fn create_file(
+        &mut self,
+        parent: &[u8],
+        name: &[u8],
+        path: &[u8],
+    ) -> Result<OwnedFd, UnpackError> {
+        let dir = self.parent_fd(parent)?;
+        match fsops::create_file_at(dir, name) {
+            Ok(fd) => return Ok(fd),
+            Err(e) if e.raw_os_error() == Some(Errno::EXIST.raw_os_error()) => {}
+            Err(e) => return Err(io_error("create", path, e)),
+        }
+        let dir = self.parent_dir(parent)?;
+        self.clear_slot(dir.as_fd(), name, path)?;
+        self.parent_cache = None;
+        fsops::create_file_at(dir.as_fd(), name).map_err(|e| io_error("create", path, e))
+    }
+}
+
+/// Adds file content to the totals and enforces the byte limit.
+fn count_bytes(stats: &mut LayerStats, limit: Option<u64>, n: u64) -> Result<(), UnpackError> {
+    stats.bytes += n;
+    match limit {
+        Some(limit) if stats.bytes > limit => Err(UnpackError::Limit {
+            what: "bytes",
+            limit,
+        }),
+        _ => Ok(()),
+    }
+}
