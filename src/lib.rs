@@ -15,6 +15,8 @@ pub mod oci;
 pub mod parser;
 pub mod runtime;
 #[cfg(target_os = "linux")]
+pub mod store;
+#[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 mod sys;
 #[cfg(target_os = "linux")]

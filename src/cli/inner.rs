@@ -4,11 +4,13 @@
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use metalor::runtime::linux::{
-    run_isolated_container_command_with_options, ContainerExit, RunOptions,
+    run_isolated_container_command_with_options, ContainerExit, OverlayUpper, OverlayView,
+    RunOptions,
 };
 use metalor::{BindMount, ContainerRunCommand};
 
@@ -16,6 +18,14 @@ use metalor::{BindMount, ContainerRunCommand};
 pub const INNER_RUN_VERB: &str = "__inner-run";
 /// Set by `metalor run --privileged`: keep every capability.
 pub const ENV_KEEP_PRIVILEGES: &str = "METALOR_RUN_KEEP_PRIVILEGES";
+/// Set by `metalor run --image`: the pristine tree to mount as lowerdir.
+pub const ENV_OVERLAY_LOWER: &str = "METALOR_RUN_OVERLAY_LOWER";
+/// `tmpfs`, `ro` or `dir:PATH`: where the overlay's writes go.
+pub const ENV_OVERLAY_UPPER: &str = "METALOR_RUN_OVERLAY_UPPER";
+/// Mount the overlay with `userxattr` (the rootless backend).
+pub const ENV_OVERLAY_USERXATTR: &str = "METALOR_RUN_OVERLAY_USERXATTR";
+/// `UID:GID` to run the payload as.
+pub const ENV_RUN_USER: &str = "METALOR_RUN_USER";
 
 /// Runs the payload in place of this process. Returns only when the run
 /// failed before the payload started (or, with an emulator, the payload's
@@ -31,6 +41,8 @@ pub fn run(args: &[OsString]) -> Result<i32> {
     // signal (re-raised, or as 128+N when the re-exec was built with
     // `signal_as_exit_code`, as `metalor run` builds it).
     options.exec_payload = true;
+    options.overlay = overlay_from_env()?;
+    options.user = user_from_env()?;
     match run_isolated_container_command_with_options(&command, &options) {
         Ok(()) => Ok(0),
         Err(err) => match err.downcast_ref::<ContainerExit>() {
@@ -38,6 +50,41 @@ pub fn run(args: &[OsString]) -> Result<i32> {
             None => Err(err),
         },
     }
+}
+
+/// The overlay `metalor run --image` asked for, if any. The payload's
+/// environment is built from scratch, so these never reach it.
+fn overlay_from_env() -> Result<Option<OverlayView>> {
+    let Some(lower) = std::env::var_os(ENV_OVERLAY_LOWER) else {
+        return Ok(None);
+    };
+    let upper = std::env::var_os(ENV_OVERLAY_UPPER).unwrap_or_else(|| "tmpfs".into());
+    let upper = match upper.to_str() {
+        Some("tmpfs") => OverlayUpper::Tmpfs,
+        Some("ro") => OverlayUpper::ReadOnly,
+        _ => match upper.as_encoded_bytes().strip_prefix(b"dir:") {
+            Some(dir) => OverlayUpper::Dir(PathBuf::from(std::ffi::OsStr::from_bytes(dir))),
+            None => bail!("invalid {ENV_OVERLAY_UPPER} {}", upper.to_string_lossy()),
+        },
+    };
+    Ok(Some(OverlayView {
+        lower: PathBuf::from(lower),
+        upper,
+        userxattr: std::env::var_os(ENV_OVERLAY_USERXATTR).is_some(),
+    }))
+}
+
+fn user_from_env() -> Result<Option<(u32, u32)>> {
+    let Some(value) = std::env::var_os(ENV_RUN_USER) else {
+        return Ok(None);
+    };
+    let value = utf8(value, ENV_RUN_USER)?;
+    let parsed = value
+        .split_once(':')
+        .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+    parsed
+        .map(Some)
+        .with_context(|| format!("invalid {ENV_RUN_USER} {value}"))
 }
 
 fn utf8(value: OsString, flag: &str) -> Result<String> {

@@ -1,12 +1,16 @@
 //! Argument parsing and dispatch; one file per verb.
 #![forbid(unsafe_code)]
 
+mod images;
 mod inner;
 mod inner_build_cell;
 mod inspect;
 mod progress;
+mod prune;
 mod pull;
+mod rmi;
 mod run;
+mod run_image;
 mod unpack;
 
 use std::ffi::OsString;
@@ -31,7 +35,13 @@ enum Verb {
     /// Print the manifest, config and platform of an image as JSON.
     Inspect(inspect::InspectArgs),
     /// Run a command inside a rootfs, in private namespaces.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
+    /// List the images of the store.
+    Images(images::ImagesArgs),
+    /// Remove an image's reference from the store.
+    Rmi(rmi::RmiArgs),
+    /// Free the store's blobs, trees and partials that no reference needs.
+    Prune(prune::PruneArgs),
 }
 
 /// A hidden verb: its arguments after the verb name, to its exit code.
@@ -65,6 +75,9 @@ pub fn main() -> i32 {
                 Verb::Inspect(args) => inspect::run(args).map(|()| 0),
                 Verb::Pull(args) => pull::run(args).map(|()| 0),
                 Verb::Run(args) => run::run(args).map(|never| match never {}),
+                Verb::Images(args) => images::run(args).map(|()| 0),
+                Verb::Rmi(args) => rmi::run(args).map(|()| 0),
+                Verb::Prune(args) => prune::run(args).map(|()| 0),
             }
         }
     };

@@ -1,4 +1,6 @@
-//! `metalor pull [--platform linux/ARCH] [--insecure] [--quiet] SOURCE oci:DIR[:REF]`
+//! `metalor pull [--platform linux/ARCH] [--insecure] [--quiet] SOURCE [oci:DIR[:REF]]`
+//!
+//! With no destination, the image goes into the store (`--store`).
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
@@ -24,8 +26,11 @@ pub struct PullArgs {
     /// oci:DIR[:REF].
     source: String,
     /// The destination layout, oci:DIR[:REF]; REF defaults to the source
-    /// tag, else `latest`.
-    destination: String,
+    /// tag, else `latest`. Without it, the image goes into the store.
+    destination: Option<String>,
+    /// The image store, when there is no destination.
+    #[arg(long, value_name = "DIR", conflicts_with = "destination")]
+    store: Option<std::path::PathBuf>,
 }
 
 /// Pulls the image and prints a one-line summary unless `--quiet`.
@@ -45,9 +50,22 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
     if !args.quiet && std::io::stderr().is_terminal() {
         options.progress = Some(progress_printer());
     }
+    let Some(destination) = &args.destination else {
+        let store = super::run_image::open_store(args.store.as_ref())?;
+        let image = store.pull(&args.source, &options)?;
+        if !args.quiet {
+            eprintln!(
+                "pulled {} as {} into {}",
+                image.reference,
+                image.resolved.manifest_digest,
+                store.path().display()
+            );
+        }
+        return Ok(());
+    };
     // The error already starts with `pull SOURCE`, and a failure at the
     // destination names its path; more context would say it all twice.
-    let report = registry::pull_str(&args.source, &args.destination, &options)?;
+    let report = registry::pull_str(&args.source, destination, &options)?;
     if !args.quiet {
         eprintln!(
             "pulled {} as {} ({} blobs, {} bytes fetched)",

@@ -1,10 +1,13 @@
 //! `metalor run [--bind SRC:DST[:ro]]... [--env K=V]... [--cwd DIR]
 //! [--arch ARCH] [--net none] [--rootless] [--privileged] --rootfs DIR --
-//! CMD [ARG]...`
+//! CMD [ARG]...`, or `--image REF [--pull missing|always|never] [--upper
+//! DIR | --read-only] [--entrypoint CMD] [--user U[:G]] [--store DIR]
+//! [-- CMD [ARG]...]` in place of `--rootfs`.
 //!
 //! Goes through the library's own re-exec: the rootfs's parent directory is
 //! the runtime root prefix, and the hidden `__inner-run` verb runs the
-//! command inside the namespaces.
+//! command inside the namespaces. With `--image`, the root is the image's
+//! mount point in the store, and the inner verb mounts the overlay there.
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
@@ -26,9 +29,10 @@ pub struct RunArgs {
     /// Set a variable in the command's environment, which starts empty.
     #[arg(long = "env", value_name = "K=V")]
     env: Vec<String>,
-    /// Working directory inside the rootfs.
-    #[arg(long, default_value = "/")]
-    cwd: String,
+    /// Working directory inside the rootfs (`/`, or the image's
+    /// `WorkingDir`, by default).
+    #[arg(long)]
+    cwd: Option<String>,
     /// The rootfs's architecture (x86_64/amd64, aarch64/arm64, riscv64).
     /// When it is not the host's, `qemu-ARCH-static` from `PATH` is staged
     /// in the rootfs and registered with binfmt_misc for this run.
@@ -44,10 +48,13 @@ pub struct RunArgs {
     #[arg(long)]
     privileged: bool,
     /// The rootfs directory to run in.
-    #[arg(long)]
-    rootfs: PathBuf,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[arg(long, required_unless_present = "image", conflicts_with = "image")]
+    rootfs: Option<PathBuf>,
+    #[command(flatten)]
+    image: super::run_image::ImageArgs,
+    /// The command and its arguments (with `--image`, they replace the
+    /// image's `Cmd`).
+    #[arg(last = true, value_name = "CMD", required_unless_present = "image")]
     command: Vec<String>,
 }
 
@@ -55,32 +62,68 @@ pub struct RunArgs {
 /// payload's code (128+N for signal N). Returns only when the run could not
 /// start.
 pub fn run(args: &RunArgs) -> Result<Infallible> {
-    let disable_network = match args.net.as_deref() {
-        None => false,
-        Some("none") => true,
-        Some(other) => bail!("unsupported --net mode {other}: only none is supported"),
+    let Some(rootfs) = &args.rootfs else {
+        return super::run_image::run(args);
     };
-    let (prefix, root) = split_rootfs(&args.rootfs)?;
+    let (prefix, root) = split_rootfs(rootfs)?;
     let emulator = match &args.arch {
         Some(arch) => prepare_runtime_emulator(&root, std::env::consts::ARCH, arch)?,
         None => None,
     };
     let command = ContainerRunCommand {
         root,
-        cwd: args.cwd.clone(),
-        mounts: args
-            .binds
-            .iter()
-            .map(|b| parse_bind(b))
-            .collect::<Result<_>>()?,
-        env: args
-            .env
-            .iter()
-            .map(|e| parse_env(e))
-            .collect::<Result<_>>()?,
+        cwd: args.cwd.clone().unwrap_or_else(|| "/".to_owned()),
+        mounts: args.parsed_binds()?,
+        env: args.parsed_env()?,
         emulator,
         executable: args.command[0].clone(),
         argv: args.command[1..].to_vec(),
+    };
+    exec_run(args, &prefix, &command, &[])
+}
+
+impl RunArgs {
+    pub(super) fn parsed_binds(&self) -> Result<Vec<BindMount>> {
+        self.binds.iter().map(|b| parse_bind(b)).collect()
+    }
+
+    pub(super) fn parsed_env(&self) -> Result<Vec<(String, String)>> {
+        self.env.iter().map(|e| parse_env(e)).collect()
+    }
+
+    pub(super) fn image_args(&self) -> &super::run_image::ImageArgs {
+        &self.image
+    }
+
+    pub(super) fn arch(&self) -> Option<&str> {
+        self.arch.as_deref()
+    }
+
+    pub(super) fn rootless(&self) -> bool {
+        self.rootless
+    }
+
+    pub(super) fn cwd(&self) -> Option<&str> {
+        self.cwd.as_deref()
+    }
+
+    pub(super) fn command(&self) -> &[String] {
+        &self.command
+    }
+}
+
+/// Starts `command` through the re-exec, with `extra_env` for the inner
+/// verb, in place of this process.
+pub(super) fn exec_run(
+    args: &RunArgs,
+    prefix: &Path,
+    command: &ContainerRunCommand,
+    extra_env: &[(&str, std::ffi::OsString)],
+) -> Result<Infallible> {
+    let disable_network = match args.net.as_deref() {
+        None => false,
+        Some("none") => true,
+        Some(other) => bail!("unsupported --net mode {other}: only none is supported"),
     };
     let backend = if args.rootless {
         LinuxNamespaceBackend::RootlessUser
@@ -96,13 +139,14 @@ pub fn run(args: &RunArgs) -> Result<Infallible> {
     let mut reexec = build_unshare_reexec_command_with_options(
         &current_exe,
         INNER_RUN_VERB,
-        &prefix,
-        &command,
+        prefix,
+        command,
         options,
     )?;
     if args.privileged {
         reexec.env(ENV_KEEP_PRIVILEGES, "1");
     }
+    reexec.envs(extra_env.iter().map(|(k, v)| (k, v)));
     // This process enters the namespaces itself and becomes the waiting
     // parent that exits with the payload's code: no extra fork, and killing
     // it takes the whole container down.

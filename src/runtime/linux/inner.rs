@@ -7,7 +7,7 @@
 //! go through that fd, so what was checked is what is entered.
 
 use std::fs;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -23,6 +23,7 @@ use super::mounts::{
     attach_bind, clone_bind_source, is_directory, is_root_destination, mount_binfmt_misc_onto,
     mount_proc_onto, prepare_container_mount_target, TargetKind,
 };
+use super::overlay::{mount_overlay_onto, OverlayUpper, OverlayView};
 use super::privileges::restrict_privileges;
 use super::reexec::{ENV_PARENT_MOUNT_NS, ENV_PRIVATE_NS, ENV_RUNTIME_ROOT_PREFIX};
 use super::validate::{mount_covers, validate_container_request};
@@ -57,6 +58,14 @@ pub struct RunOptions {
     /// error. Ignored when an emulator is set, whose binfmt rule must be
     /// unregistered after the payload ends.
     pub exec_payload: bool,
+    /// Run on an overlay of a pristine tree instead of the root directory
+    /// itself: the overlay is mounted onto the root (an empty mount point
+    /// holding only the sentinel) inside the private mount namespace,
+    /// after the isolation proof and before every other mount.
+    pub overlay: Option<OverlayView>,
+    /// Run the payload as this `(uid, gid)`, with no supplementary groups,
+    /// instead of as root.
+    pub user: Option<(u32, u32)>,
 }
 
 impl Default for RunOptions {
@@ -67,6 +76,8 @@ impl Default for RunOptions {
             disable_network: false,
             restrict_privileges: false,
             exec_payload: false,
+            overlay: None,
+            user: None,
         }
     }
 }
@@ -118,7 +129,26 @@ pub fn run_isolated_container_command_with_options(
 ) -> Result<()> {
     validate_container_request(command)?;
     let root = ensure_isolated_runtime(&command.root)?;
+    let root = match &options.overlay {
+        Some(view) => overlay_root(view, root)?,
+        None => root,
+    };
     run_phase(command, &root, options)
+}
+
+/// Mounts the overlay onto the proven root; its mount is the root for
+/// everything after, as a bind at `/` would be.
+fn overlay_root(view: &OverlayView, root: DirHandle) -> Result<DirHandle> {
+    let fd = mount_overlay_onto(view, &root.fd).with_context(|| {
+        format!(
+            "failed to mount the run's overlay on {}",
+            root.path.display()
+        )
+    })?;
+    Ok(DirHandle {
+        fd,
+        path: root.path,
+    })
 }
 
 /// Upstream's `ensure_isolated_runtime`: refuse to mount anything unless
@@ -201,6 +231,16 @@ pub(crate) fn run_phase(
     if options.disable_network {
         sys::loopback_up().context("failed to bring up the loopback interface")?;
     }
+    if options
+        .overlay
+        .as_ref()
+        .is_some_and(|view| view.upper == OverlayUpper::ReadOnly)
+    {
+        // After the runner's own mount points were made in the tmpfs
+        // upper; the binds on top keep their own modes.
+        sys::mount_set_readonly(root.fd.as_fd())
+            .with_context(|| format!("failed to make {} read-only", root.path.display()))?;
+    }
     enter_root(base, &root.path, &command.cwd)?;
     let (Some(rule), Some(mount)) = (binfmt, binfmt_mount) else {
         return start_payload(command, options, options.exec_payload);
@@ -226,6 +266,9 @@ fn start_payload(
     }
     sys::cloexec_above_stderr().context("failed to mark inherited descriptors close-on-exec")?;
     let mut payload = payload_command(command);
+    if let Some((uid, gid)) = options.user {
+        payload.uid(uid).gid(gid);
+    }
     if in_place {
         let err = payload.exec();
         return Err(err).with_context(|| spawn_failure(command));

@@ -15,6 +15,7 @@ mod host;
 mod inner;
 mod mounts;
 mod oci_rootfs;
+mod overlay;
 mod privileges;
 mod probe;
 mod reexec;
@@ -33,6 +34,7 @@ pub use inner::{
     RunOptions,
 };
 pub use oci_rootfs::prepare_oci_rootfs;
+pub use overlay::{check_upper_dir, OverlayUpper, OverlayView};
 pub use probe::probe_rootless_userns;
 pub use reexec::{
     build_unshare_reexec_command, build_unshare_reexec_command_with_backend,
