@@ -56,10 +56,12 @@ pub fn prepare_oci_rootfs(
         prepare_runtime_workspace(runtime_package_root, &prefix, "OCI package root")?.path;
     let oci = package.join("oci");
     let bundle = oci.join("bundle");
-    remove_if_exists(&bundle)?;
     // The same symlink-refusing walk as the package root, so a symlinked
     // `oci` cannot redirect the layout or the bundle.
     prepare_host_directory(&oci, "OCI package root")?;
+    // The old bundle is renamed aside and removed while the new one is
+    // made: a warm call no longer waits for an `rm -rf` first.
+    let old_bundle = OldBundle::set_aside(&oci, &bundle)?;
     let normalized = normalize_reference(reference);
     // Checked before anything is fetched; the message is upstream's.
     let oci_arch = requested_arch.map(oci_arch_name).transpose()?;
@@ -94,6 +96,7 @@ pub fn prepare_oci_rootfs(
             copy.copy_and_unpack(&destination, &destination, &bundle, || Ok(()))?;
         }
     }
+    old_bundle.finish()?;
     let rootfs = bundle.rootfs();
     if !rootfs.is_dir() {
         bail!(
@@ -102,6 +105,56 @@ pub fn prepare_oci_rootfs(
         );
     }
     Ok(rootfs)
+}
+
+/// A previous bundle renamed aside, being removed on its own thread.
+struct OldBundle {
+    removal: Option<(PathBuf, std::thread::JoinHandle<std::io::Result<()>>)>,
+}
+
+impl OldBundle {
+    /// Renames `bundle` (if there is one) to a hidden sibling and starts
+    /// removing that. Nothing else ever uses the hidden name.
+    fn set_aside(oci: &Path, bundle: &Path) -> Result<OldBundle> {
+        if fs::symlink_metadata(bundle).is_err() {
+            return Ok(OldBundle { removal: None });
+        }
+        if !fs::symlink_metadata(bundle).is_ok_and(|m| m.is_dir()) {
+            remove_if_exists(bundle)?;
+            return Ok(OldBundle { removal: None });
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let aside = oci.join(format!(".bundle.old-{}-{nanos:09}", std::process::id()));
+        fs::rename(bundle, &aside)
+            .with_context(|| format!("failed to move {} aside", bundle.display()))?;
+        // Also what an earlier call that failed midway left aside.
+        let mut doomed = vec![aside.clone()];
+        if let Ok(listing) = fs::read_dir(oci) {
+            doomed.extend(listing.flatten().map(|e| e.path()).filter(|p| {
+                p != &aside
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(".bundle.old-"))
+            }));
+        }
+        let thread =
+            std::thread::spawn(move || doomed.iter().try_for_each(|p| remove_path_if_exists(p)));
+        Ok(OldBundle {
+            removal: Some((aside, thread)),
+        })
+    }
+
+    /// Waits for the removal, so the call leaves nothing behind.
+    fn finish(self) -> Result<()> {
+        let Some((aside, thread)) = self.removal else {
+            return Ok(());
+        };
+        let removed = thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        removed.with_context(|| format!("failed to remove {}", aside.display()))
+    }
 }
 
 /// Upstream's error for a failed copy into `layout`.
