@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Image-store benchmark, as root, on one image served by a loopback
+# docker-registry (default: the generated Debian image, gzip; build it with
+# `flock /tmp/metalor-bench.lock bash shared/tools/make-images.sh`):
+#
+#   benches/store.sh [oci:LAYOUT:TAG] [RUNS]      (default RUNS=30)
+#
+# 1. cold `metalor run --image … -- /bin/true` on a new store, against
+#    `podman pull` of the same image into a new podman store, alternated
+#    A B A B (3 pairs). `podman run` itself cannot start containers in this
+#    sandbox (crun's setrlimit is refused), so only its pull is measured;
+#    that pull also unpacks into podman's overlay store.
+# 2. warm `metalor run --image … -- /bin/true` against `metalor run
+#    --rootfs` of an unpacked copy of the same image, same binary, in one
+#    hyperfine run.
+# 3. `prepare_oci_rootfs` (examples/prepare_rootfs.rs, with a cache root)
+#    cold against warm, on ext4 (/var/tmp) and on tmpfs (/dev/shm).
+#
+# Prints medians and ratios; quote ratios, the machine may be shared.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SRC=${1:-oci:/tmp/metalor-bench/images/debian:gzip}
+RUNS=${2:-30}
+[ "$(id -u)" = 0 ] || { echo "benches/store.sh: run as root" >&2; exit 1; }
+for p in hyperfine podman skopeo docker-registry jq; do
+  command -v "$p" >/dev/null || need=1
+done
+if [ -n "${need:-}" ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine podman skopeo docker-registry jq >/dev/null
+fi
+cargo build --release --bin metalor --example prepare_rootfs
+METALOR=$PWD/target/release/metalor
+PREPARE=$PWD/target/release/examples/prepare_rootfs
+. benches/lib/registry.sh
+WORK=$(mktemp -d /var/tmp/metalor-store-bench.XXXXXX)
+trap 'stop_registry; rm -rf "$WORK"' EXIT
+start_registry "$WORK/registry"
+skopeo copy -q --dest-tls-verify=false "$SRC" "docker://$REG/bench:latest"
+IMAGE=$REG/bench:latest
+
+now() { date +%s.%N; }
+secs() { echo "$2 - $1" | bc; }
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+echo "== cold: metalor run --image vs podman pull (A B A B, 3 pairs)"
+: > "$WORK/cold-metalor"; : > "$WORK/cold-podman"
+for i in 1 2 3; do
+  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  t0=$(now); "$METALOR" run -q --store "$WORK/store-$i" --image "$IMAGE" -- /bin/true; t1=$(now)
+  secs "$t0" "$t1" >> "$WORK/cold-metalor"
+  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  t0=$(now)
+  podman --root "$WORK/podman-$i" --runroot "$WORK/podman-run-$i" pull -q --tls-verify=false "$IMAGE" >/dev/null
+  t1=$(now)
+  secs "$t0" "$t1" >> "$WORK/cold-podman"
+  rm -rf "$WORK/store-$i"
+  podman --root "$WORK/podman-$i" --runroot "$WORK/podman-run-$i" system reset -f >/dev/null 2>&1 || true
+  rm -rf "$WORK/podman-$i" "$WORK/podman-run-$i"
+done
+cm=$(median < "$WORK/cold-metalor"); cp_=$(median < "$WORK/cold-podman")
+echo "cold metalor run --image: median ${cm}s; podman pull: median ${cp_}s; ratio $(echo "scale=3; $cm / $cp_" | bc)"
+echo "(podman run is not measured: crun's setrlimit is refused in this sandbox)"
+
+echo "== warm: metalor run --image vs metalor run --rootfs"
+STORE=$WORK/store
+"$METALOR" run -q --store "$STORE" --image "$IMAGE" -- /bin/true
+mkdir -p "$WORK/copy"
+"$METALOR" unpack "$SRC" "$WORK/copy/rootfs" >/dev/null
+hyperfine -N -w 5 -r "$RUNS" --export-json "$WORK/warm.json" \
+  -n "run --image (warm)" "$METALOR run -q --store $STORE --image $IMAGE -- /bin/true" \
+  -n "run --rootfs" "$METALOR run --rootfs $WORK/copy/rootfs -- /bin/true"
+jq -r '.results | "warm ratio (image / rootfs medians): \(.[0].median / .[1].median)"' "$WORK/warm.json"
+
+echo "== prepare_oci_rootfs: cold vs warm (cache hit)"
+for base in /var/tmp /dev/shm; do
+  dir=$(mktemp -d "$base/metalor-prepare.XXXXXX")
+  t0=$(now); "$PREPARE" "$dir" "docker://$IMAGE" "$dir/cache" >/dev/null; t1=$(now)
+  cold=$(secs "$t0" "$t1"); : > "$dir/warm"
+  for i in 1 2 3; do
+    t0=$(now); "$PREPARE" "$dir" "docker://$IMAGE" "$dir/cache" >/dev/null; t1=$(now)
+    secs "$t0" "$t1" >> "$dir/warm"
+  done
+  warm=$(median < "$dir/warm")
+  fs=$(stat -f -c %T "$base")
+  echo "prepare_oci_rootfs on $fs: cold ${cold}s, warm median ${warm}s, warm/cold $(echo "scale=3; $warm / $cold" | bc)"
+  rm -rf "$dir"
+done
