@@ -138,7 +138,7 @@ fn a_killed_unpack_is_reclaimed_by_the_next_one_beside_it_but_a_live_one_is_not(
     let abandoned = wait_mid_unpack(&mut killed, &killed_target);
     signal(&killed, Signal::KILL);
     killed.wait().unwrap();
-    assert_eq!(staging_dirs(&parent), [abandoned.clone()]);
+    assert_eq!(staging_dirs(&parent), std::slice::from_ref(&abandoned));
 
     // An unpack that is still running owns its staging directory.
     let live_target = parent.join("live");
@@ -166,7 +166,7 @@ fn a_killed_unpack_is_reclaimed_by_the_next_one_beside_it_but_a_live_one_is_not(
     );
     assert_eq!(
         left,
-        [owned.clone()],
+        std::slice::from_ref(&owned),
         "the live unpack's {owned} was touched"
     );
     assert!(
