@@ -1,6 +1,11 @@
 //! Unpack into a staging directory beside the target and rename it into
 //! place only when every layer applied and verified, so that a failure
 //! never leaves a half-finished rootfs at the target.
+//!
+//! A process killed mid-way cannot clean up, so its staging directory
+//! stays. Each staging directory is `flock`ed by its owner for its whole
+//! life, and every unpack first removes the staging directories beside its
+//! target whose lock it can take: their owner is provably gone.
 #![forbid(unsafe_code)]
 
 use std::ffi::OsStr;
@@ -227,7 +232,7 @@ fn create_staging(
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(io_err("create staging directory", &path)(e)),
         }
-        let interrupt = TempGuard::new(&path);
+        let interrupt = TempGuard::new(std::path::absolute(&path).unwrap_or_else(|_| path.clone()));
         let lock = match fsops::open_subdir_nofollow(parent_fd, &name) {
             Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
