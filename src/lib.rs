@@ -11,6 +11,8 @@
 #![deny(unsafe_code)]
 
 #[cfg(target_os = "linux")]
+pub mod cleanup;
+#[cfg(target_os = "linux")]
 pub mod oci;
 pub mod parser;
 pub mod runtime;

@@ -1,7 +1,7 @@
 //! The raw syscalls that neither `std` nor `rustix` wrap safely: the
 //! re-exec's `pre_exec` hook (unshare, id maps, propagation, fork and wait),
-//! the in-process user-namespace probe, `close_range`, `mount_setattr` and
-//! the loopback ioctl.
+//! the in-process user-namespace probe, `close_range`, `mount_setattr`,
+//! the loopback ioctl and the signal mask of the command line's cleanup.
 //!
 //! This is the only module of the crate that may contain `unsafe` code.
 //! Everything that runs between `fork` and `exec` lives here, so the
@@ -48,6 +48,9 @@ impl MapLine {
 pub(crate) struct NamespacePlan {
     flags: libc::c_int,
     maps: Option<(MapLine, MapLine)>,
+    /// A user namespace whose maps a helper outside it writes as the
+    /// identity: root stays root, with a private binfmt_misc instance.
+    identity_userns: bool,
     signal_as_exit_code: bool,
 }
 
@@ -71,8 +74,23 @@ impl NamespacePlan {
         Self {
             flags,
             maps,
+            identity_userns: false,
             signal_as_exit_code,
         }
+    }
+
+    /// Adds a user namespace with every id mapped to itself, for the
+    /// privileged backend. The run keeps root's identity and its
+    /// capabilities over everything the namespace owns, and gets its own
+    /// binfmt_misc instance (Linux 6.7 and later), so a foreign-arch rule
+    /// never reaches the host's and dies with the run however it ends.
+    /// No effect on a plan that already has a user namespace.
+    pub(crate) fn with_identity_user_namespace(mut self) -> Self {
+        if self.maps.is_none() {
+            self.flags |= libc::CLONE_NEWUSER;
+            self.identity_userns = true;
+        }
+        self
     }
 }
 
@@ -147,9 +165,20 @@ impl NamespaceStep {
 /// Async-signal-safe.
 fn enter_namespaces(plan: &NamespacePlan) -> Result<(), (NamespaceStep, io::Error)> {
     let at = |step: NamespaceStep| move |err: io::Error| (step, err);
+    let mapper = match plan.identity_userns {
+        true => Some(IdentityMapper::fork().map_err(at(NamespaceStep::Unshare))?),
+        false => None,
+    };
     // SAFETY: unshare only changes this process's namespace membership.
     if unsafe { libc::unshare(plan.flags) } != 0 {
-        return Err((NamespaceStep::Unshare, last_error()));
+        let err = last_error();
+        if let Some(mapper) = mapper {
+            let _ = mapper.finish(false);
+        }
+        return Err((NamespaceStep::Unshare, err));
+    }
+    if let Some(mapper) = mapper {
+        mapper.finish(true).map_err(at(NamespaceStep::UidMap))?;
     }
     if let Some((uid_map, gid_map)) = &plan.maps {
         // The kernel refuses a gid map from an unprivileged writer until
@@ -175,6 +204,123 @@ fn enter_namespaces(plan: &NamespacePlan) -> Result<(), (NamespaceStep, io::Erro
         return Err((NamespaceStep::MakeRootPrivate, last_error()));
     }
     Ok(())
+}
+
+/// Every id mapped to itself (the kernel's limit is 2^32 - 1 ids).
+const IDENTITY_MAP: &[u8] = b"0 0 4294967295";
+
+/// A child forked before `unshare(CLONE_NEWUSER)` that writes the identity
+/// maps of its parent's new user namespace. Only a process with
+/// CAP_SETUID/CAP_SETGID in the parent namespace may map more than its own
+/// id, and the process inside has those only in the new one.
+struct IdentityMapper {
+    pid: libc::pid_t,
+    /// Write end of the go-ahead pipe; its only reader is the mapper.
+    go: libc::c_int,
+}
+
+impl IdentityMapper {
+    /// Forks the mapper, which waits for [`IdentityMapper::finish`].
+    /// Async-signal-safe.
+    fn fork() -> io::Result<Self> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` is a valid out-array of two descriptors.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(last_error());
+        }
+        // SAFETY: getpid has no preconditions.
+        let target = unsafe { libc::getpid() };
+        // SAFETY: the child only makes async-signal-safe calls and
+        // `_exit`s; it never returns into Rust code.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: closes the child's copy of the write end, once.
+            unsafe { libc::close(fds[1]) };
+            let code = identity_mapper_main(fds[0], target);
+            // SAFETY: _exit ends the child without running Rust code.
+            unsafe { libc::_exit(code) };
+        }
+        let err = last_error();
+        // SAFETY: the read end belongs to the mapper alone from now on.
+        unsafe { libc::close(fds[0]) };
+        if pid < 0 {
+            // SAFETY: the write end was opened above and is closed once.
+            unsafe { libc::close(fds[1]) };
+            return Err(err);
+        }
+        Ok(Self { pid, go: fds[1] })
+    }
+
+    /// Tells the mapper to write the maps (`go`) or to give up, and waits
+    /// for it. Async-signal-safe.
+    fn finish(self, go: bool) -> io::Result<()> {
+        if go {
+            // SAFETY: writes one byte from a static to the open pipe.
+            unsafe { libc::write(self.go, b"1".as_ptr().cast(), 1) };
+        }
+        // SAFETY: `go` is closed exactly once; a mapper told nothing reads
+        // end-of-file and exits.
+        unsafe { libc::close(self.go) };
+        let status = wait_for(self.pid)?;
+        match libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+            true => Ok(()),
+            false if libc::WIFEXITED(status) => {
+                Err(io::Error::from_raw_os_error(libc::WEXITSTATUS(status)))
+            }
+            false => Err(io::Error::from_raw_os_error(libc::ECHILD)),
+        }
+    }
+}
+
+/// The mapper's body: on the go-ahead, writes `0 0 4294967295` to the
+/// target's uid_map and gid_map. Returns 0, or the errno as exit code.
+/// Async-signal-safe.
+fn identity_mapper_main(go: libc::c_int, target: libc::pid_t) -> libc::c_int {
+    let mut byte = 0u8;
+    // SAFETY: reads at most one byte into a live stack variable.
+    if unsafe { libc::read(go, (&mut byte as *mut u8).cast(), 1) } != 1 {
+        return 0;
+    }
+    for file in [&b"uid_map"[..], &b"gid_map"[..]] {
+        let mut path = [0u8; 48];
+        let Some(path) = proc_pid_path(&mut path, target, file) else {
+            return libc::ENAMETOOLONG;
+        };
+        if let Err(err) = write_proc_file(path, IDENTITY_MAP) {
+            return err.raw_os_error().unwrap_or(libc::EIO);
+        }
+    }
+    0
+}
+
+/// `/proc/<pid>/<file>` as a C string in `buf`, without allocating.
+fn proc_pid_path<'a>(buf: &'a mut [u8], pid: libc::pid_t, file: &[u8]) -> Option<&'a CStr> {
+    let mut digits = [0u8; 10];
+    let mut n = pid.unsigned_abs();
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        n /= 10;
+        len += 1;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| -> Option<()> {
+        let end = at + bytes.len();
+        buf.get_mut(at..end)?.copy_from_slice(bytes);
+        at = end;
+        Some(())
+    };
+    put(b"/proc/")?;
+    for i in (0..len).rev() {
+        put(&digits[i..=i])?;
+    }
+    put(b"/")?;
+    put(file)?;
+    put(b"\0")?;
+    CStr::from_bytes_with_nul(&buf[..at]).ok()
 }
 
 /// Waits for `pid`, retrying on EINTR. Returns the raw wait status.
@@ -471,6 +617,49 @@ pub(crate) fn loopback_up() -> io::Result<()> {
     Ok(())
 }
 
+/// The signals a command line turns into a cleanup and a 128+N exit.
+const TERMINATION_SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
+
+fn termination_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it and
+    // sigaddset only sets bits of valid signal numbers in it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in TERMINATION_SIGNALS {
+            libc::sigaddset(&mut set, signal);
+        }
+        set
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread and so in every thread
+/// it starts afterwards, leaving them pending for
+/// [`wait_termination_signal`]. Children inherit the mask across exec, so
+/// a process that blocks them must not start programs.
+pub(crate) fn block_termination_signals() -> io::Result<()> {
+    let set = termination_set();
+    // SAFETY: `set` is a live sigset; the old mask is not asked for.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Waits until SIGINT or SIGTERM is pending (they must be blocked in every
+/// thread) and returns its number.
+pub(crate) fn wait_termination_signal() -> io::Result<libc::c_int> {
+    let set = termination_set();
+    let mut signal: libc::c_int = 0;
+    // SAFETY: `set` and `signal` are live for the call's duration.
+    let rc = unsafe { libc::sigwait(&set, &mut signal) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(signal)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,6 +683,15 @@ mod tests {
             "{}",
             outcome.stderr
         );
+    }
+
+    #[test]
+    fn proc_paths_are_built_without_allocation() {
+        let mut buf = [0u8; 48];
+        let path = proc_pid_path(&mut buf, 4_194_304, b"uid_map").unwrap();
+        assert_eq!(path.to_bytes(), b"/proc/4194304/uid_map");
+        let mut small = [0u8; 12];
+        assert!(proc_pid_path(&mut small, 7, b"gid_map").is_none());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! time) prepared with `prepare_oci_rootfs` and run through QEMU user
 //! emulation, by `metalor run --arch` and by the library re-exec. Checks
 //! that payloads spawning children work, that parallel runs do not
-//! collide, and that no binfmt_misc rule outlives its run.
+//! collide, and that no binfmt_misc rule outlives its run, not even one
+//! whose caller was killed with SIGKILL.
 
 #[path = "../vendor-tests/support/mod.rs"]
 mod support;
@@ -337,4 +338,113 @@ fn rootless_foreign_run_gets_a_private_binfmt_instance() {
         "{out}"
     );
     assert_eq!(metalor_binfmt_rules(), Vec::<String>::new());
+}
+
+/// A mount of the host's binfmt_misc instance, held by the test as a host
+/// that mounts binfmt_misc holds one: without any mount the kernel drops
+/// every rule with the last one, and a leaked rule would not show.
+struct HostBinfmt(std::os::fd::OwnedFd);
+
+impl HostBinfmt {
+    fn mount() -> HostBinfmt {
+        use rustix::mount::{fsconfig_create, fsmount, fsopen, FsMountFlags, FsOpenFlags};
+        let fs = fsopen("binfmt_misc", FsOpenFlags::FSOPEN_CLOEXEC).expect("fsopen binfmt_misc");
+        fsconfig_create(&fs).expect("create binfmt_misc");
+        let mount = fsmount(
+            &fs,
+            FsMountFlags::FSMOUNT_CLOEXEC,
+            rustix::mount::MountAttrFlags::empty(),
+        )
+        .expect("fsmount binfmt_misc");
+        HostBinfmt(mount)
+    }
+
+    fn metalor_rules(&self) -> Vec<String> {
+        use std::os::fd::AsRawFd;
+        fs::read_dir(format!("/proc/self/fd/{}", self.0.as_raw_fd()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("metalor-"))
+            .collect()
+    }
+}
+
+/// Waits up to `limit` for `path` to exist.
+fn wait_for_file(path: &Path, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn a_privileged_foreign_run_killed_with_sigkill_leaves_no_host_rule() {
+    let test = "a_privileged_foreign_run_killed_with_sigkill_leaves_no_host_rule";
+    let _serial = serialized();
+    if !kernel_at_least(6, 7) {
+        support::skip_or_fail(
+            test,
+            "binfmt_misc is per user namespace only from Linux 6.7",
+        );
+        return;
+    }
+    let prefix = Prefix::new();
+    let Some(rootfs) = arm64_rootfs(&prefix, test) else {
+        return;
+    };
+    let host = HostBinfmt::mount();
+    let out = prefix.join("out");
+    fs::create_dir(&out).unwrap();
+    // The payload records the rules it sees and its id map, then waits to
+    // be killed; the rule is registered before the payload starts.
+    let script = "ls /proc/sys/fs/binfmt_misc > /out/rules; cat /proc/self/uid_map > /out/map; \
+                  touch /out/ready; sleep 60";
+    let mut caller = Command::new(METALOR)
+        .args(["run", "--arch", "arm64", "--env", "PATH=/bin", "--bind"])
+        .arg(format!("{}:/out", out.display()))
+        .arg("--rootfs")
+        .arg(&rootfs)
+        .args(["--", "sh", "-c", script])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ready = wait_for_file(&out.join("ready"), std::time::Duration::from_secs(60));
+    let ours: Vec<String> = fs::read_to_string(out.join("rules"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("metalor-"))
+        .map(str::to_owned)
+        .collect();
+    // The host's rules while the run is live: ours must not be among them.
+    let host_live = host.metalor_rules();
+    caller.kill().unwrap();
+    let status = caller.wait().unwrap();
+    assert!(ready, "the payload did not start: {status:?}");
+    assert_eq!(ours.len(), 1, "the run sees its own rule only: {ours:?}");
+    assert_eq!(
+        fs::read_to_string(out.join("map"))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["0", "0", "4294967295"],
+        "root stays root: every id is mapped to itself"
+    );
+    assert!(
+        !host_live.contains(&ours[0]),
+        "the run's rule {} is in the host's binfmt_misc",
+        ours[0]
+    );
+    // Killing the caller takes the runner down before it can unregister;
+    // give the kernel a moment to tear the namespaces down, then look.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let host_after = host.metalor_rules();
+    assert!(
+        !host_after.contains(&ours[0]),
+        "the killed run's rule {} outlived it in the host's binfmt_misc",
+        ours[0]
+    );
 }

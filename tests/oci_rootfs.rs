@@ -604,3 +604,106 @@ fn a_failed_later_layer_leaves_nothing_behind() {
         }
     }
 }
+
+/// Set (to `reference\nprefix\npackage\ncache`) in the child process of
+/// [`a_killed_prepare_is_reclaimed_by_the_next_call`].
+const KILLED_PREPARE_CHILD: &str = "METALOR_TEST_KILLED_PREPARE";
+
+#[test]
+#[ignore = "the child process of a_killed_prepare_is_reclaimed_by_the_next_call"]
+fn killed_prepare_child() {
+    let args = std::env::var(KILLED_PREPARE_CHILD).expect("run by the parent test only");
+    let args: Vec<&str> = args.split('\n').collect();
+    let [reference, prefix, package, cache] = args[..] else {
+        panic!("bad child arguments {args:?}");
+    };
+    let (prefix, package, cache) = (Path::new(prefix), Path::new(package), Path::new(cache));
+    prepare_oci_rootfs(reference, prefix, package, Some(cache), None).unwrap();
+}
+
+#[test]
+fn a_killed_prepare_is_reclaimed_by_the_next_call() {
+    let test = "a_killed_prepare_is_reclaimed_by_the_next_call";
+    let prefix = Prefix::new();
+    let Some(registry) = Registry::start(test) else {
+        return;
+    };
+    let (layout, last) = three_layer_layout(&prefix.path);
+    registry.push(&layout, "latest", "killed", false);
+    // The last layer is held back until released, so the process is killed
+    // with layer 1 applied and the copy half done.
+    let release = Arc::new(AtomicBool::new(false));
+    let held = Arc::clone(&release);
+    let path = format!("/blobs/{last}");
+    let proxy = FaultProxy::start(&registry.addr, move |seen, _| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while seen.line.contains(&path) && !held.load(Ordering::SeqCst) && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Fault::None
+    });
+    let reference = format!("{}/killed:latest", proxy.addr);
+    let package = prefix.join("pkg");
+    let cache = prefix.join("cache");
+    let bundle = package.join("oci/bundle");
+    let args = [
+        &reference,
+        &prefix.path.display().to_string(),
+        &package.display().to_string(),
+        &cache.display().to_string(),
+    ];
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "killed_prepare_child",
+            "--nocapture",
+        ])
+        .env(KILLED_PREPARE_CHILD, args.map(String::as_str).join("\n"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !staged(&bundle, FIRST_LAYER_DONE) {
+        assert!(
+            Instant::now() < deadline,
+            "layer 1 never showed in a staging rootfs"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the prepare ended before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let entry = cache.join(sha256_hex(&format!("docker://{reference}\narch=system")));
+    assert!(
+        entry.join("layout.tmp").is_dir(),
+        "the killed copy left its staged layout"
+    );
+    assert!(!entry.join("reference.txt").exists());
+
+    // The next call takes the dead filler's place: it refills the entry
+    // and replaces the bundle, and nothing of the killed run remains.
+    release.store(true, Ordering::SeqCst);
+    let rootfs = prepare_oci_rootfs(&reference, &prefix.path, &package, Some(&cache), None)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        fs::read_to_string(rootfs.join("one/replaced")).unwrap(),
+        "layer 2\n"
+    );
+    assert!(rootfs.join("three").is_file());
+    assert_eq!(
+        cache_entries(&cache).len(),
+        1,
+        "one complete entry, nothing else"
+    );
+    let names: Vec<_> = fs::read_dir(&bundle)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["rootfs"], "nothing but the rootfs in the bundle");
+}

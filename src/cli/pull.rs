@@ -6,6 +6,7 @@
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
+use anyhow::Context;
 use metalor::oci::registry::{self, PullEvent, PullOptions};
 use metalor::oci::Platform;
 
@@ -38,6 +39,11 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
     // Still single-threaded here, so setting SSL_CERT_FILE (only on a host
     // without a CA store) cannot race a reader.
     registry::client::provide_ca_store_for_process();
+    // Before the runtime's threads start, so that they inherit the blocked
+    // mask: Ctrl-C or a SIGTERM then removes the registered temporaries
+    // and exits 130 or 143.
+    metalor::cleanup::remove_temporaries_on_signal()
+        .context("block SIGINT and SIGTERM for the cleanup thread")?;
     let platform = match &args.platform {
         Some(p) => Platform::parse(p)?,
         None => Platform::host(),

@@ -35,6 +35,10 @@ pub struct UnpackArgs {
 /// Resolves the image, then applies its layers into a staging directory
 /// that is renamed to ROOTFS only when every layer applied and verified.
 pub fn run(args: &UnpackArgs) -> anyhow::Result<()> {
+    // First, while this is the only thread: Ctrl-C or a SIGTERM then
+    // removes the staging directory and exits 130 or 143.
+    metalor::cleanup::remove_temporaries_on_signal()
+        .context("block SIGINT and SIGTERM for the cleanup thread")?;
     let source = LayoutRef::parse(&args.image)?;
     let platform = match &args.platform {
         Some(p) => Platform::parse(p)?,

@@ -6,6 +6,15 @@
 //! Unlike upstream, the rule name is unique per run (upstream used the
 //! in-namespace PID, usually 1, so parallel runs collided) and the rule is
 //! always unregistered, also when the payload could not be spawned.
+//!
+//! Where the kernel has a binfmt_misc instance per user namespace (6.7 and
+//! later), every run registers in an instance of its own: the rootless
+//! backend's user namespace has one, and the privileged backend adds a user
+//! namespace that maps every id to itself for foreign-arch runs. A run
+//! killed before it unregisters (`kill -9` of its caller takes the runner
+//! down through `PR_SET_PDEATHSIG`) then leaves nothing in the host's
+//! instance. On older kernels the privileged rule goes to the host's
+//! instance as upstream's did.
 
 use std::collections::hash_map::RandomState;
 use std::ffi::OsStr;
@@ -77,6 +86,25 @@ pub fn prepare_runtime_emulator(
         )
     })?;
     Ok(Some(target))
+}
+
+/// Whether binfmt_misc is per user namespace here (Linux 6.7 and later):
+/// a run in a user namespace of its own then registers its rule in an
+/// instance of its own, which nothing outside sees and which ends with the
+/// namespace, so a killed run leaves no rule behind.
+pub(crate) fn binfmt_misc_per_user_namespace() -> bool {
+    let uname = rustix::system::uname();
+    kernel_release_at_least(&uname.release().to_string_lossy(), (6, 7))
+}
+
+/// Whether a release string such as `6.18.0-1-amd64` is `minimum` or later.
+fn kernel_release_at_least(release: &str, minimum: (u32, u32)) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let mut number = || parts.next().and_then(|p| p.parse::<u32>().ok());
+    match (number(), number()) {
+        (Some(major), Some(minor)) => (major, minor) >= minimum,
+        _ => false,
+    }
 }
 
 /// The first `is_file()` candidate on `$PATH`; the exec bit is not checked.
@@ -277,6 +305,16 @@ mod tests {
         let b = BinfmtRule::for_emulator("/.metalor-run/qemu-riscv64-static").unwrap();
         assert_ne!(a.name(), b.name());
         assert!(a.registration().contains("\\xf3\\x00:"));
+    }
+
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        assert!(kernel_release_at_least("6.18.0-1-amd64", (6, 7)));
+        assert!(kernel_release_at_least("6.7", (6, 7)));
+        assert!(kernel_release_at_least("7.0.1", (6, 7)));
+        assert!(!kernel_release_at_least("6.6.58-generic", (6, 7)));
+        assert!(!kernel_release_at_least("5.19.0", (6, 7)));
+        assert!(!kernel_release_at_least("garbage", (6, 7)));
     }
 
     #[test]

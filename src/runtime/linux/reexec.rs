@@ -12,6 +12,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
+use super::emulator::binfmt_misc_per_user_namespace;
 use super::host::{canonicalize_runtime_root_prefix, prepare_runtime_root};
 use super::validate::validate_container_request;
 use super::{ContainerRunCommand, LinuxNamespaceBackend};
@@ -103,7 +104,15 @@ pub fn build_unshare_reexec_command_with_options(
         args.push("--net".into());
     }
     args.extend(trailing_args(&root.path, command));
-    let mut reexec = private_namespace_command(current_exe, subcommand, &prefix, options)?;
+    // A foreign-arch rule registered in the host's binfmt_misc would
+    // outlive a caller killed with -9 (the runner dies before it can
+    // unregister) and keep pointing into the rootfs. In a user namespace
+    // of its own, the run registers in its own instance, which the kernel
+    // discards with the namespace.
+    let private_binfmt = command.emulator.is_some()
+        && options.backend == LinuxNamespaceBackend::Privileged
+        && binfmt_misc_per_user_namespace();
+    let mut reexec = namespace_command(current_exe, subcommand, &prefix, options, private_binfmt)?;
     reexec.args(args);
     Ok(reexec)
 }
@@ -116,6 +125,18 @@ pub(crate) fn private_namespace_command(
     prefix: &Path,
     options: ReexecOptions,
 ) -> Result<Command> {
+    namespace_command(current_exe, subcommand, prefix, options, false)
+}
+
+/// [`private_namespace_command`]; with `identity_userns`, the privileged
+/// backend also gets a user namespace that maps every id to itself.
+fn namespace_command(
+    current_exe: &Path,
+    subcommand: &str,
+    prefix: &Path,
+    options: ReexecOptions,
+    identity_userns: bool,
+) -> Result<Command> {
     let parent_ns = fs::read_link("/proc/self/ns/mnt")
         .context("failed to read parent mount namespace for container isolation check")?;
     let mut reexec = Command::new(current_exe);
@@ -125,11 +146,14 @@ pub(crate) fn private_namespace_command(
         .env(ENV_RUNTIME_ROOT_PREFIX, prefix)
         .env(ENV_PARENT_MOUNT_NS, parent_ns);
     let rootless = options.backend == LinuxNamespaceBackend::RootlessUser;
-    let plan = sys::NamespacePlan::new(
+    let mut plan = sys::NamespacePlan::new(
         rootless,
         options.disable_network,
         options.signal_as_exit_code,
     );
+    if identity_userns {
+        plan = plan.with_identity_user_namespace();
+    }
     sys::install_namespace_hook(&mut reexec, plan);
     Ok(reexec)
 }
