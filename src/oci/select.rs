@@ -585,4 +585,23 @@ mod tests {
                           "manifests": []});
         assert_eq!(parse(None, list).unwrap().kind, DocumentKind::Index);
     }
+
+    /// Found by the `documents` fuzz target: serde skips an unknown
+    /// field's string without checking it is UTF-8, so such a manifest is
+    /// accepted though strict JSON readers refuse it. Kept deliberately:
+    /// Go's encoding/json (registries, containerd) accepts it too, and no
+    /// known field can read differently.
+    #[test]
+    fn invalid_utf8_in_an_unknown_field_does_not_change_the_known_ones() {
+        let mut bytes = br#"{"schemaVersion":2,"x":""#.to_vec();
+        bytes.extend_from_slice(b"\xc2");
+        let config = r#"{"mediaType":"m","digest":"sha256:0","size":2}"#;
+        bytes.extend_from_slice(format!(r#"","config":{config},"layers":[]}}"#).as_bytes());
+        assert!(serde_json::from_slice::<Value>(&bytes).is_err());
+        let text = fuzz_document(None, &bytes).unwrap();
+        assert_eq!(
+            text,
+            format!("a manifest {}\nm sha256:0 2 None {{}}", media::OCI_MANIFEST)
+        );
+    }
 }
