@@ -38,7 +38,11 @@ fn check_registry(text: &str) {
     };
     let shown = reference.to_string();
     let again = ImageReference::parse(&shown);
-    assert_eq!(again.as_ref().ok(), Some(&reference), "{text:?} -> {shown:?}");
+    assert_eq!(
+        again.as_ref().ok(),
+        Some(&reference),
+        "{text:?} -> {shown:?}"
+    );
     let _ = (reference.endpoint(), reference.is_loopback());
     let manifest_ref = reference.manifest_ref();
     assert!(!manifest_ref.is_empty(), "{text:?}");
