@@ -5,6 +5,7 @@
 #![cfg(target_os = "linux")]
 
 mod common;
+mod skip;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -667,4 +668,145 @@ fn limits_stop_a_bomb_and_leave_nothing() {
         chain(&err)
     );
     s.assert_clean_failure();
+}
+
+/// The xattr `name` of `path`, or `None` when it has none by that name.
+fn xattr(path: &std::path::Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
+        Ok(n) => Some(buf[..n].to_vec()),
+        Err(rustix::io::Errno::NODATA) => None,
+        Err(e) => panic!("getxattr {name} on {}: {e}", path.display()),
+    }
+}
+
+/// Xattrs that steer the host instead of describing the file.
+const STEERING: [(&str, &[u8]); 7] = [
+    ("trusted.overlay.opaque", b"y"),
+    ("trusted.overlay.redirect", b"/etc"),
+    ("trusted.overlay.metacopy", b""),
+    ("trusted.glusterfs.volume-id", b"v"),
+    ("user.overlay.opaque", b"y"),
+    ("user.overlay.redirect", b"/etc"),
+    ("security.selinux", b"system_u:object_r:shadow_t:s0"),
+];
+
+fn pax_xattrs<'a>(xattrs: &[(&'a str, &'a [u8])]) -> Vec<(String, &'a [u8])> {
+    let key = |name| format!("SCHILY.xattr.{name}");
+    xattrs.iter().map(|(n, v)| (key(n), *v)).collect()
+}
+
+fn with_pax<'t>(t: &'t mut Tar, records: &[(String, &[u8])]) -> &'t mut Tar {
+    let records: Vec<(&str, &[u8])> = records.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    t.pax(&records)
+}
+
+/// A layer cannot plant overlayfs metadata (or other host-steering xattrs)
+/// on a directory or a file: they are dropped and counted, as root too,
+/// where the filesystem would otherwise take every one of them.
+#[test]
+fn overlay_and_other_steering_xattrs_are_dropped() {
+    let s = Scene::new();
+    let records = pax_xattrs(&STEERING);
+    let mut t = Tar::new();
+    with_pax(&mut t, &records).dir("d");
+    with_pax(&mut t, &records).file("d/f", b"x");
+    let stats = s.unpack_tars(&one(&t));
+    for path in ["d", "d/f"] {
+        for (name, _) in STEERING {
+            let found = xattr(&s.target.join(path), name);
+            assert_eq!(found, None, "{name} on {path}");
+        }
+    }
+    assert_eq!(stats.xattrs, 0);
+    assert_eq!(stats.skipped_xattrs, 2 * STEERING.len() as u64);
+    s.canary.assert_unchanged();
+}
+
+/// File capabilities are image content (`ping`): applied as root, with
+/// the value the layer gives.
+#[test]
+fn security_capability_is_kept_as_root() {
+    if !skip::require_root("security_capability_is_kept_as_root") {
+        return;
+    }
+    // vfs_cap_data revision 2, effective, permitted = CAP_NET_RAW (13).
+    let mut cap = Vec::new();
+    for word in [0x0200_0001u32, 1 << 13, 0, 0, 0] {
+        cap.extend_from_slice(&word.to_le_bytes());
+    }
+    let s = Scene::new();
+    let mut t = Tar::new();
+    t.pax(&[("SCHILY.xattr.security.capability", &cap)])
+        .file_mode("bin/ping", b"elf", 0o755);
+    let stats = s.unpack_tars(&one(&t));
+    let found = xattr(&s.target.join("bin/ping"), "security.capability");
+    assert_eq!(found.as_deref(), Some(&cap[..]));
+    assert_eq!((stats.xattrs, stats.skipped_xattrs), (1, 0));
+}
+
+/// Mounts a read-only overlay of `lowers` (top first) on `at`.
+fn mount_overlay(lowers: &[&std::path::Path], at: &std::path::Path) -> rustix::io::Result<()> {
+    let lowers: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+    let data = format!("lowerdir={},redirect_dir=follow", lowers.join(":"));
+    let data = std::ffi::CString::new(data).unwrap();
+    let flags = rustix::mount::MountFlags::RDONLY;
+    rustix::mount::mount("overlay", at, "overlay", flags, data.as_c_str())
+}
+
+fn overlay_sees(lowers: &[&std::path::Path], at: &std::path::Path, paths: &[&str]) -> Vec<bool> {
+    if let Err(e) = mount_overlay(lowers, at) {
+        panic!("mount overlay on {}: {e}", at.display());
+    }
+    let seen = paths.iter().map(|p| at.join(p).exists()).collect();
+    rustix::mount::unmount(at, rustix::mount::UnmountFlags::DETACH).unwrap();
+    seen
+}
+
+/// The image store stacks unpacked trees as overlay lower dirs. A layer
+/// carrying `trusted.overlay.redirect=/etc` on `d` (which would show the
+/// lower tree's `/etc` at `d`) or `trusted.overlay.opaque` on `o` (which
+/// would hide the lower tree's `o`) steers nothing once unpacked. The same
+/// xattrs set by hand do steer this kernel's overlay, so the check bites.
+#[test]
+fn dropped_overlay_xattrs_cannot_steer_an_overlay_mount() {
+    if !skip::require_root("dropped_overlay_xattrs_cannot_steer_an_overlay_mount") {
+        return;
+    }
+    let s = Scene::new();
+    let base = s.tmp.path().join("base");
+    fs::create_dir_all(base.join("etc")).unwrap();
+    fs::write(base.join("etc/shadow"), b"root:secret").unwrap();
+    fs::create_dir_all(base.join("o")).unwrap();
+    fs::write(base.join("o/kept"), b"k").unwrap();
+    let mut t = Tar::new();
+    t.pax(&[("SCHILY.xattr.trusted.overlay.redirect", b"/etc")])
+        .dir("d");
+    t.pax(&[("SCHILY.xattr.trusted.overlay.opaque", b"y")])
+        .dir("o");
+    s.unpack_tars(&one(&t));
+    let merged = s.tmp.path().join("merged");
+    fs::create_dir(&merged).unwrap();
+    let lowers = [s.target.as_path(), base.as_path()];
+    let seen = overlay_sees(&lowers, &merged, &["d/shadow", "o/kept"]);
+    assert_eq!(
+        seen,
+        [false, true],
+        "d must not be redirected, o not opaque"
+    );
+
+    let set = |path: &str, name: &str, value: &[u8]| {
+        let flags = rustix::fs::XattrFlags::empty();
+        rustix::fs::lsetxattr(s.target.join(path), name, value, flags).unwrap();
+    };
+    set("d", "trusted.overlay.redirect", b"/etc");
+    set("o", "trusted.overlay.opaque", b"y");
+    let steered = overlay_sees(&lowers, &merged, &["d/shadow", "o/kept"]);
+    if steered != [true, false] {
+        skip::skip_or_fail(
+            "dropped_overlay_xattrs_cannot_steer_an_overlay_mount",
+            &format!("this kernel's overlay ignores hand-set redirect/opaque ({steered:?})"),
+        );
+    }
+    s.canary.assert_unchanged();
 }

@@ -20,6 +20,8 @@ pub mod platform;
 pub mod reference;
 pub mod registry;
 pub(crate) mod select;
+#[doc(hidden)]
+pub use select::{fuzz_document, fuzz_walk};
 
 pub use digest::{Digest, DigestHasher, DigestVerifier};
 pub use error::OciError;

@@ -55,6 +55,10 @@ pub struct LayerStats {
     pub skipped_devices: u64,
     /// Extended attributes applied.
     pub xattrs: u64,
-    /// Extended attributes the filesystem or our privileges refused.
+    /// Extended attributes not applied: refused by the filesystem or our
+    /// privileges, or dropped because they would steer the host (overlayfs
+    /// `trusted.overlay.*` and `user.overlay.*`, other `trusted.*`, LSM
+    /// labels; the rule is in `unpack::apply::metadata`). With
+    /// [`LayerStats::xattrs`] it sums to every xattr the layers carried.
     pub skipped_xattrs: u64,
 }

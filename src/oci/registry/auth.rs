@@ -128,13 +128,24 @@ pub fn lookup_in(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(file_err(path, e.to_string())),
         };
-        let file: AuthFile =
-            serde_json::from_slice(&bytes).map_err(|e| file_err(path, e.to_string()))?;
-        if let Some(creds) = find(path, &file, reference)? {
+        if let Some(creds) = lookup_in_bytes(path, &bytes, reference)? {
             return Ok(creds);
         }
     }
     Ok(Credentials::Anonymous)
+}
+
+/// One auth file's answer for `reference`, from its contents (`path`
+/// names it in errors). Public, hidden, for the fuzz harness.
+#[doc(hidden)]
+pub fn lookup_in_bytes(
+    path: &Path,
+    bytes: &[u8],
+    reference: &ImageReference,
+) -> Result<Option<Credentials>, RegistryError> {
+    let file: AuthFile =
+        serde_json::from_slice(bytes).map_err(|e| file_err(path, e.to_string()))?;
+    find(path, &file, reference)
 }
 
 fn file_err(path: &Path, reason: String) -> RegistryError {

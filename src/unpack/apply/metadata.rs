@@ -1,6 +1,39 @@
 //! What every handler applies once the node exists: owner, mode, xattrs
 //! and mtime, in the order that keeps each one (a chown clears setuid bits,
 //! so the mode comes after it).
+//!
+//! # Which xattrs a layer may set
+//!
+//! An xattr is image content only if it means the same on any host. Names
+//! that steer a host mechanism are dropped, whatever our privileges, and
+//! counted in [`LayerStats::skipped_xattrs`](crate::unpack::LayerStats):
+//!
+//! - `trusted.*`, all of it. `trusted.overlay.*` (`opaque`, `redirect`,
+//!   `metacopy`, `origin`…) steers overlayfs when the tree becomes a lower
+//!   dir, as the image store makes it; the rest of the namespace is by
+//!   definition private to privileged host daemons (glusterfs, XFS's old
+//!   ACL store) and no image builder can record it without root.
+//! - `user.overlay.*`, which overlayfs reads instead of `trusted.overlay.*`
+//!   on a `userxattr` (rootless) mount.
+//! - LSM labels, `security.selinux` and `security.SMACK64*`: they belong to
+//!   the host's policy, and a label from an image would either be refused
+//!   or relabel the file for that policy.
+//! - `system.*` other than the POSIX ACLs `system.posix_acl_access` and
+//!   `system.posix_acl_default` (`system.nfs4_acl` is filesystem-specific),
+//!   and every other namespace (`btrfs.*` holds the filesystem's own
+//!   properties) or none.
+//!
+//! Everything else is applied where the filesystem and privilege allow:
+//! other `user.*`, the POSIX ACLs, and the other `security.*` names, among
+//! them `security.capability` (file capabilities such as `ping`'s
+//! `cap_net_raw`, which an image legitimately ships) and the content-bound
+//! integrity data `security.ima` and `security.evm`.
+//!
+//! umoci drops `security.selinux` and `system.nfs4_acl` and, when it
+//! unpacks for overlayfs, escapes `{trusted,user}.overlay.*` to
+//! `*.overlay.overlay.*`, which only kernels from 6.7 show back under the
+//! original name. metalor's trees are used both plain and as lower dirs
+//! on any kernel, so it drops them rather than escape them.
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read};
@@ -69,6 +102,10 @@ impl Applier<'_> {
             let Some(name) = ext.key_bytes().strip_prefix(XATTR_PREFIX.as_bytes()) else {
                 continue;
             };
+            if !image_xattr(name) {
+                self.stats.skipped_xattrs += 1;
+                continue;
+            }
             match fsops::set_xattr_fd(fd, name, ext.value_bytes()) {
                 Ok(()) => self.stats.xattrs += 1,
                 Err(e) => {
@@ -78,6 +115,24 @@ impl Applier<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether a layer may set the xattr `name`: the rule in the module docs.
+pub(super) fn image_xattr(name: &[u8]) -> bool {
+    let Some(dot) = name.iter().position(|&b| b == b'.') else {
+        return false;
+    };
+    match &name[..dot] {
+        b"user" => !name.starts_with(b"user.overlay."),
+        b"security" => {
+            name != b"security.selinux".as_slice() && !name.starts_with(b"security.SMACK64")
+        }
+        b"system" => matches!(
+            name,
+            b"system.posix_acl_access" | b"system.posix_acl_default"
+        ),
+        _ => false,
     }
 }
 
@@ -121,6 +176,40 @@ pub(super) fn owner<R: Read>(entry: &Entry<'_, R>, path: &[u8]) -> Result<(u32, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_image_content_xattrs_are_applied() {
+        let kept = [
+            "user.mime_type",
+            "user.overlayfoo",
+            "security.capability",
+            "security.ima",
+            "system.posix_acl_access",
+            "system.posix_acl_default",
+        ];
+        for name in kept {
+            assert!(image_xattr(name.as_bytes()), "{name}");
+        }
+        let dropped = [
+            "trusted.overlay.opaque",
+            "trusted.overlay.redirect",
+            "trusted.overlay.overlay.opaque",
+            "trusted.overlay",
+            "trusted.glusterfs.volume-id",
+            "user.overlay.opaque",
+            "user.overlay.redirect",
+            "security.selinux",
+            "security.SMACK64EXEC",
+            "system.nfs4_acl",
+            "system.sockprotoname",
+            "nonamespace",
+            "btrfs.compression",
+            "",
+        ];
+        for name in dropped {
+            assert!(!image_xattr(name.as_bytes()), "{name}");
+        }
+    }
 
     #[test]
     fn unsupported_or_unpermitted_xattrs_are_skipped() {
