@@ -606,7 +606,9 @@ impl BlobWriter {
 impl Drop for BlobWriter {
     fn drop(&mut self) {
         let unfinished = self.file.is_some() || self.hasher.is_some();
-        if unfinished && !self.partial {
+        // An empty partial saves nothing; removing it under the lock we
+        // still hold is safe.
+        if unfinished && (!self.partial || self.count == 0) {
             let _ = fs::remove_file(&self.tmp);
         }
     }
