@@ -997,3 +997,20 @@ fn blobs_are_durable_before_index_json_names_them() {
         "index.json renamed before the blob directory sync"
     );
 }
+
+#[test]
+fn a_partial_that_does_not_add_up_is_downloaded_again() {
+    let Some(s) = setup("a_partial_that_does_not_add_up_is_downloaded_again", false) else {
+        return;
+    };
+    let dest = s.tmp.path().join("dest");
+    std::fs::create_dir_all(dest.join("blobs/sha256")).unwrap();
+    // What a crash can leave: bytes that are not the blob's.
+    std::fs::write(partial_path(&dest, &s.layer), vec![0u8; 5000]).unwrap();
+    let proxy = FaultProxy::start(&s.registry.addr, |_, _| Fault::None);
+    pull_via(&proxy, &dest, &options(Credentials::Anonymous)).unwrap();
+    assert_complete(&s, &dest);
+    let reqs = layer_requests(&proxy, &s.layer);
+    let ranges: Vec<Option<&str>> = reqs.iter().map(|r| r.range.as_deref()).collect();
+    assert_eq!(ranges, [Some("bytes=5000-"), None]);
+}

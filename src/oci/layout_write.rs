@@ -538,6 +538,15 @@ impl BlobWriter {
         self.resumed
     }
 
+    /// Whether the bytes so far are the whole blob: its size, its digest.
+    pub fn is_intact(&self) -> bool {
+        self.count == self.size
+            && self
+                .hasher
+                .clone()
+                .is_some_and(|h| h.finish_hex() == self.digest.hex())
+    }
+
     /// The size the blob must have.
     pub fn expected_size(&self) -> u64 {
         self.size
@@ -703,5 +712,48 @@ mod tests {
         let index: Value =
             serde_json::from_slice(&fs::read(dir.path().join("index.json")).unwrap()).unwrap();
         assert_eq!(index["manifests"].as_array().unwrap().len(), 40);
+    }
+
+    #[test]
+    fn blob_data_and_names_are_synced_before_index_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = LayoutWriter::create(dir.path()).unwrap();
+        EVENTS.with(|e| e.borrow_mut().clear());
+        let data = b"manifest bytes";
+        w.put_blob(&Digest::sha256_of(data), data).unwrap();
+        w.set_ref("a", &target(data)).unwrap();
+        let hex = Digest::sha256_of(data).hex().to_owned();
+        let events = EVENTS.with(|e| e.borrow().clone());
+        assert_eq!(
+            events,
+            [
+                format!("sync blob {hex}"),
+                format!("rename {hex}"),
+                "sync dir sha256".to_owned(),
+                "rename index.json".to_owned(),
+                format!("sync dir {}", file_name(dir.path())),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_partial_is_resumed_and_a_locked_one_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = LayoutWriter::create(dir.path()).unwrap();
+        let data = b"0123456789".to_vec();
+        let d = Digest::sha256_of(&data);
+        let mut first = w.begin_blob(&d, 10).unwrap();
+        first.write(&data[..4]).unwrap();
+        // Held by `first`: a second writer gets a private temp file.
+        let second = w.begin_blob(&d, 10).unwrap();
+        assert_eq!(second.written(), 0);
+        drop(second);
+        drop(first);
+        assert!(tmp_files(dir.path()).is_empty());
+        let mut resumed = w.begin_blob(&d, 10).unwrap();
+        assert_eq!((resumed.written(), resumed.resumed()), (4, 4));
+        resumed.write(&data[4..]).unwrap();
+        resumed.commit().unwrap();
+        assert!(w.has_verified_blob(&d, 10).unwrap());
     }
 }

@@ -47,14 +47,26 @@ impl Session {
             let before = written(&writer);
             let attempt = self.blob_attempt(&url, &mut writer, &mut transferred, progress);
             match attempt.await {
-                Ok(()) => break,
+                Ok(()) => {}
                 Err(failure) => {
                     if written(&writer) > before {
                         tries.progressed();
                     }
                     self.after(&mut tries, failure).await?;
+                    continue;
                 }
             }
+            let w = writer
+                .as_mut()
+                .expect("blob writer returned by every attempt");
+            // A partial from an earlier process that does not add up (its
+            // last writes never reached the disk, say) is worth one fresh
+            // download before the digest check fails the pull.
+            if w.resumed() > 0 && !w.is_intact() {
+                w.restart().map_err(layout_err)?;
+                continue;
+            }
+            break;
         }
         let writer = writer.expect("blob writer returned by every attempt");
         writer.commit().map_err(layout_err)?;
