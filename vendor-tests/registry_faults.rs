@@ -1014,3 +1014,170 @@ fn a_partial_that_does_not_add_up_is_downloaded_again() {
     let ranges: Vec<Option<&str>> = reqs.iter().map(|r| r.range.as_deref()).collect();
     assert_eq!(ranges, [Some("bytes=5000-"), None]);
 }
+
+/// One puller's outcome under a fault: ok or the first line of its
+/// error, and the wall time.
+fn outcome(result: Result<(), String>, took: Duration) -> String {
+    let what = match result {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => {
+            let line = e.lines().next().unwrap_or_default().to_owned();
+            format!("fails: {}", line.chars().take(150).collect::<String>())
+        }
+    };
+    format!("{:.2} s, {what}", took.as_secs_f64())
+}
+
+/// `skopeo copy docker://ADDR/REPO oci:DEST:img`, at most 90 s.
+fn skopeo_copy(addr: &str, repo: &str, dest: &Path) -> (Result<(), String>, Duration) {
+    let start = Instant::now();
+    let out = std::process::Command::new("timeout")
+        .args(["90", "skopeo", "copy", "-q", "--src-tls-verify=false"])
+        .arg(format!("docker://{addr}/{repo}"))
+        .arg(support::oci_arg(dest, "img"))
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let result = if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    };
+    (result, took)
+}
+
+type Decider = Box<dyn Fn(&Seen, usize) -> Fault + Send + Sync>;
+
+/// The faults of [`compare_with_skopeo_under_the_same_faults`], fresh
+/// (a "once" fault fires once per call).
+fn fault_cases(layer_name: &str) -> Vec<(&'static str, Decider)> {
+    let layer = layer_name.to_owned();
+    let on_layer = move |f: Fault| -> Decider {
+        let layer = layer.clone();
+        Box::new(move |seen: &Seen, _| {
+            if is_layer(seen, &layer) {
+                f.clone()
+            } else {
+                Fault::None
+            }
+        })
+    };
+    let once = |f: Fault| -> Decider { Box::new(once_on_layer(layer_name, f)) };
+    let path_loop = {
+        let layer = layer_name.to_owned();
+        Box::new(move |seen: &Seen, _: usize| {
+            if is_layer(seen, &layer) {
+                let path = seen
+                    .line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .to_owned();
+                Fault::Respond(307, vec![format!("Location: {path}")], vec![])
+            } else {
+                Fault::None
+            }
+        }) as Decider
+    };
+    let wrong_range = {
+        let (layer, count) = (layer_name.to_owned(), AtomicUsize::new(0));
+        Box::new(move |seen: &Seen, _: usize| {
+            if !is_layer(seen, &layer) {
+                return Fault::None;
+            }
+            match count.fetch_add(1, SeqCst) {
+                0 => Fault::Truncate(700_000),
+                1 => Fault::RangeFrom(1000),
+                _ => Fault::None,
+            }
+        }) as Decider
+    };
+    let huge = Box::new(|seen: &Seen, _: usize| {
+        if seen.line.contains("/manifests/") {
+            let ct = "Content-Type: application/vnd.oci.image.manifest.v1+json".to_owned();
+            Fault::Endless(200, vec![ct, "Content-Length: 209715200".into()])
+        } else {
+            Fault::None
+        }
+    }) as Decider;
+    vec![
+        (
+            "429 once",
+            once(Fault::Respond(429, vec![], TOO_MANY.to_vec())),
+        ),
+        (
+            "429 always",
+            on_layer(Fault::Respond(429, vec![], TOO_MANY.to_vec())),
+        ),
+        ("408 once", once(Fault::Status(408))),
+        (
+            "503 Retry-After: 8 once",
+            once(Fault::Respond(503, vec!["Retry-After: 8".into()], vec![])),
+        ),
+        (
+            "503 Retry-After: 120",
+            on_layer(Fault::Respond(503, vec!["Retry-After: 120".into()], vec![])),
+        ),
+        ("redirect loop", path_loop),
+        ("403 on the layer", on_layer(Fault::Status(403))),
+        ("drop at 700 kB once", once(Fault::Truncate(700_000))),
+        ("resume answered from byte 1000", wrong_range),
+        ("200 MB manifest", huge),
+        (
+            "4 kB over-delivery, held open",
+            once(Fault::AnnounceMoreAndHold(4096)),
+        ),
+    ]
+}
+
+/// The faults of the registry-protocol issue, each run through the same
+/// proxy with metalor (default options) and with skopeo, printed as a
+/// table. Not an oracle (skopeo's behaviour is what it is): run it by
+/// hand with `--ignored --nocapture` to compare.
+#[test]
+#[ignore]
+fn compare_with_skopeo_under_the_same_faults() {
+    let Some(s) = setup("compare_with_skopeo_under_the_same_faults", false) else {
+        return;
+    };
+    println!("| fault | metalor | skopeo |\n|---|---|---|");
+    let theirs_cases = fault_cases(&s.layer);
+    for (i, ((label, ours_decide), (_, theirs_decide))) in fault_cases(&s.layer)
+        .into_iter()
+        .zip(theirs_cases)
+        .enumerate()
+    {
+        let proxy = FaultProxy::start(&s.registry.addr, ours_decide);
+        let dest = s.tmp.path().join(format!("m{i}"));
+        let start = Instant::now();
+        let ours = outcome(pull_via(&proxy, &dest, &default_options()), start.elapsed());
+        let mine = layer_requests(&proxy, &s.layer).len();
+        let proxy = FaultProxy::start(&s.registry.addr, theirs_decide);
+        let (theirs, took) = skopeo_copy(
+            &proxy.addr,
+            "big:latest",
+            &s.tmp.path().join(format!("s{i}")),
+        );
+        let theirs_n = layer_requests(&proxy, &s.layer).len();
+        println!(
+            "| {label} | {ours} ({mine} layer requests) | {} ({theirs_n} layer requests) |",
+            outcome(theirs, took)
+        );
+    }
+    let addr = format!("127.0.0.1:{}", registry_support::free_port());
+    let start = Instant::now();
+    let ours = outcome(
+        pull_from(
+            &addr,
+            "big:latest",
+            &s.tmp.path().join("mr"),
+            &default_options(),
+        ),
+        start.elapsed(),
+    );
+    let (theirs, took) = skopeo_copy(&addr, "big:latest", &s.tmp.path().join("sr"));
+    println!(
+        "| connection refused | {ours} | {} |",
+        outcome(theirs, took)
+    );
+}

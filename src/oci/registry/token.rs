@@ -149,8 +149,14 @@ impl Session {
                 header(&format!("Bearer {token}")).map(Some)
             }
             (StatusCode::UNAUTHORIZED, _) => Ok(self.basic()),
-            (status, _) if status.is_success() => Ok(None),
-            _ => Err(self.status_failure(response).await),
+            // "Later": worth another round.
+            (status, _) if matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504) => {
+                Err(self.status_failure(response).await)
+            }
+            // No challenge: requests go out without credentials, and the
+            // registry's answers to them tell what is wrong (as oci-client
+            // and containers/image do with a /v2/ that is not 200).
+            _ => Ok(None),
         }
     }
 
