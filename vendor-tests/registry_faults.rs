@@ -588,7 +588,10 @@ fn hopeless_failures_fail_fast() {
     let start = Instant::now();
     let err = pull_from(&addr, "big:latest", &dest, &default_options()).unwrap_err();
     let took = start.elapsed();
-    assert!(err.contains(&format!("connect to {addr}")), "{err}");
+    assert!(
+        err.contains(&format!("authenticate: connect to {addr}")),
+        "{err}"
+    );
     assert!(took < Duration::from_millis(1500), "{took:?}: {err}");
     // 403 and 404 on a blob: one request each, and quick.
     for code in [403u16, 404] {

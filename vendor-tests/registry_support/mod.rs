@@ -542,6 +542,11 @@ fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
         if stream.read(&mut byte)? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
+        // A TLS ClientHello (skopeo tries HTTPS first): refuse at once, so
+        // the client falls back to HTTP instead of timing out.
+        if head.is_empty() && byte[0] == 0x16 {
+            return Err(std::io::ErrorKind::InvalidData.into());
+        }
         head.push(byte[0]);
     }
     Ok(head)

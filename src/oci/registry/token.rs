@@ -11,7 +11,7 @@
 use super::auth::Credentials;
 use super::error::RegistryError;
 use super::retry::{Attempts, Failure};
-use super::transfer::{read_capped, Session};
+use super::transfer::{name_what, read_capped, Session};
 use crate::oci::layout::MAX_DOCUMENT_SIZE;
 use base64::Engine as _;
 use reqwest::header::{HeaderValue, WWW_AUTHENTICATE};
@@ -120,7 +120,7 @@ impl Session {
                     return Ok(());
                 }
                 Err(Failure::Reauth(detail)) => return Err(self.denied(&tries.what, detail)),
-                Err(Failure::Fatal(err)) => return Err(err),
+                Err(Failure::Fatal(err)) => return Err(name_what(err, &tries.what)),
                 Err(Failure::Retry { detail, after }) => match tries.next_delay(detail, after) {
                     Ok(delay) => super::retry::sleep(delay).await,
                     Err(detail) => return Err(self.transfer_error(&tries.what, detail)),

@@ -313,7 +313,7 @@ impl Session {
 }
 
 /// Fills in what was being fetched in an error sorted before it was known.
-fn name_what(mut err: RegistryError, name: &str) -> RegistryError {
+pub(crate) fn name_what(mut err: RegistryError, name: &str) -> RegistryError {
     match &mut err {
         RegistryError::NotFound { what, .. }
         | RegistryError::Denied { what, .. }
