@@ -3,23 +3,43 @@
 //!
 //! This is the writer beside the [`layout`](super::layout) reader. Blobs
 //! arrive from untrusted sources (a registry, another layout), so each one
-//! streams into a temp file inside `blobs/ALG/` (`.tmp-*`), is hashed and
-//! counted on the way, and is renamed to its digest only when both the
-//! digest and the size match the descriptor. A blob that is already present
-//! is verified once before it is trusted; a corrupt one is replaced.
+//! streams into a file inside `blobs/ALG/`, is hashed and counted on the
+//! way, and is renamed to its digest only when both the digest and the
+//! size match the descriptor. A blob that is already present is verified
+//! once before it is trusted; a corrupt one is replaced.
 //!
-//! `index.json` is rewritten with a temp file and a rename while holding an
-//! exclusive `flock` on `.metalor.lock` inside the layout, so that two
-//! pulls into the same layout each add their ref and neither sees a torn
-//! file. Entries with other ref names, and unknown fields, are kept as they
-//! are.
+//! An in-progress download is a *partial*, `.partial-HEX`, named by its
+//! digest alone and held under an exclusive `flock` while a writer uses
+//! it. A pull that was killed leaves it behind; the next writer of that
+//! blob, in any process, takes the lock, hashes what is there and carries
+//! on from its end (the registry code asks for the rest with `Range`).
+//! A partial locked by a live writer is left alone: the second writer
+//! uses a private temp file (`.tmp-HEX16-PID-N`) instead.
+//!
+//! Durability: a blob's data is fsynced before its rename, and the blob
+//! directories are fsynced (once, not once per blob) before `index.json`
+//! is replaced, so after a power loss `index.json` never names a blob
+//! whose data or name did not reach the disk. `index.json` itself is
+//! written to a synced temp file, renamed, and its directory synced.
+//!
+//! `index.json` is rewritten while holding an exclusive `flock` on
+//! `.metalor.lock` inside the layout, so that two pulls into the same
+//! layout each add their ref and neither sees a torn file. Entries with
+//! other ref names, and unknown fields, are kept as they are.
+//!
+//! Temp files (`.tmp-…-PID-N`) of a process that died are reclaimed by
+//! the next [`LayoutWriter::create`]: one is removed only when its PID is
+//! not alive *and* its `flock` (held by every live writer) can be taken,
+//! never by age.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rustix::fs::FlockOperation;
 use serde_json::{json, Map, Value};
+use std::os::unix::fs::MetadataExt;
 
 use super::digest::{Digest, DigestHasher, DigestVerifier};
 use super::error::OciError;
@@ -29,8 +49,11 @@ use super::media;
 /// The lock file that serializes `index.json` updates.
 pub const LOCK_FILE: &str = ".metalor.lock";
 
-/// Prefix of in-flight blob and index files; never a valid digest.
-const TMP_PREFIX: &str = ".tmp-";
+/// Prefix of private in-flight blob and index files; never a valid digest.
+pub const TMP_PREFIX: &str = ".tmp-";
+
+/// Prefix of a resumable partial blob, followed by the digest's hex.
+pub const PARTIAL_PREFIX: &str = ".partial-";
 
 /// Distinguishes temp files of one process.
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -72,6 +95,7 @@ impl LayoutWriter {
             let body = br#"{"imageLayoutVersion":"1.0.0"}"#;
             writer.write_atomic(&marker, body, "write oci-layout")?;
         }
+        writer.reclaim_temporaries();
         Ok(writer)
     }
 
@@ -116,26 +140,76 @@ impl LayoutWriter {
         Ok(false)
     }
 
-    /// Starts a verified blob write into a temp file beside its final name.
+    /// Starts a verified blob write: into the blob's partial file,
+    /// resuming what an earlier writer left there, or into a private temp
+    /// file when another live writer holds the partial.
     pub fn begin_blob(&self, digest: &Digest, size: u64) -> Result<BlobWriter, OciError> {
-        let hasher = digest.hasher()?;
         let dir = self.dir.join("blobs").join(digest.algorithm());
         fs::create_dir_all(&dir).map_err(|e| io_err("create blob directory", &dir, e))?;
+        let partial = dir.join(format!("{PARTIAL_PREFIX}{}", digest.hex()));
+        if let Some((file, count, hasher)) = lock_partial(&partial, digest, size)? {
+            return Ok(self.blob_writer(file, partial, digest, size, hasher, count, true));
+        }
         let tmp = dir.join(tmp_name(digest.hex()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| io_err("create temp blob", &tmp, e))?;
-        Ok(BlobWriter {
+        let file = create_locked(&tmp).map_err(|e| io_err("create temp blob", &tmp, e))?;
+        let hasher = digest.hasher()?;
+        Ok(self.blob_writer(file, tmp, digest, size, hasher, 0, false))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn blob_writer(
+        &self,
+        file: File,
+        tmp: PathBuf,
+        digest: &Digest,
+        size: u64,
+        hasher: DigestHasher,
+        count: u64,
+        partial: bool,
+    ) -> BlobWriter {
+        BlobWriter {
             file: Some(file),
             tmp,
             dest: self.blob_path(digest),
             digest: digest.clone(),
             size,
             hasher: Some(hasher),
-            count: 0,
-        })
+            count,
+            resumed: count,
+            partial,
+        }
+    }
+
+    /// Removes the `.tmp-` files of writers that died: the PID in the name
+    /// is gone and nobody holds the file's lock. Best effort: a file that
+    /// cannot be checked stays.
+    fn reclaim_temporaries(&self) {
+        let mut dirs = vec![self.dir.clone()];
+        if let Ok(entries) = fs::read_dir(self.dir.join("blobs")) {
+            dirs.extend(entries.flatten().map(|e| e.path()));
+        }
+        for dir in dirs {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(pid) = name.to_str().and_then(tmp_owner) else {
+                    continue;
+                };
+                if pid_alive(pid) {
+                    continue;
+                }
+                let path = entry.path();
+                let Ok(file) = OpenOptions::new().read(true).open(&path) else {
+                    continue;
+                };
+                let unlocked = rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive);
+                if unlocked.is_ok() {
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
     }
 
     /// Writes a small blob (a manifest or config) held in memory, after
@@ -195,6 +269,7 @@ impl LayoutWriter {
     /// missing manifest.
     pub fn set_ref(&self, name: &str, target: &RefTarget) -> Result<(), OciError> {
         let _lock = self.lock()?;
+        self.sync_blob_dirs()?;
         let path = self.dir.join("index.json");
         let mut index = match fs::read(&path) {
             Ok(bytes) => parse_index(&path, &bytes)?,
@@ -229,21 +304,150 @@ impl LayoutWriter {
         self.write_atomic(&path, &bytes, "write index")
     }
 
-    /// Writes a small file through a synced temp file and a rename.
+    /// Fsyncs every `blobs/ALG` directory, so the renames of the blobs
+    /// written so far are on disk before an `index.json` that names them.
+    /// One call per ref update covers every blob of a pull.
+    pub fn sync_blob_dirs(&self) -> Result<(), OciError> {
+        let blobs = self.dir.join("blobs");
+        let entries =
+            fs::read_dir(&blobs).map_err(|e| io_err("read blob directories", &blobs, e))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| io_err("read blob directories", &blobs, e))?
+                .path();
+            if path.is_dir() {
+                sync_dir(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a small file through a synced temp file and a rename, then
+    /// syncs the directory so the new name is durable too.
     fn write_atomic(&self, path: &Path, bytes: &[u8], op: &'static str) -> Result<(), OciError> {
         let tmp = self.dir.join(tmp_name("file"));
         let result = (|| {
-            let mut file = File::create(&tmp)?;
+            let mut file = create_locked(&tmp)?;
             file.write_all(bytes)?;
             file.sync_all()?;
-            fs::rename(&tmp, path)
+            fs::rename(&tmp, path)?;
+            note(format!("rename {}", file_name(path)));
+            Ok(())
         })();
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
             return Err(io_err(op, path, e));
         }
-        Ok(())
+        sync_dir(&self.dir)
     }
+}
+
+/// Opens (or creates) the partial at `path` and takes its lock without
+/// waiting: `None` when a live writer holds it. What it holds already is
+/// hashed, so the download continues from its end; a partial longer than
+/// the blob is emptied.
+fn lock_partial(
+    path: &Path,
+    digest: &Digest,
+    size: u64,
+) -> Result<Option<(File, u64, DigestHasher)>, OciError> {
+    let err = |e| io_err("open partial blob", path, e);
+    loop {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(err)?;
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+            Err(e) => return Err(io_err("lock partial blob", path, e.into())),
+        }
+        // Between the open and the lock, the writer that held it may have
+        // renamed it into place; the lock is then on the finished blob.
+        let held = file.metadata().map_err(err)?;
+        match fs::symlink_metadata(path) {
+            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {}
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(err(e)),
+        }
+        if held.len() > size {
+            file.set_len(0).map_err(err)?;
+        }
+        let mut hasher = digest.hasher()?;
+        file.seek(io::SeekFrom::Start(0)).map_err(err)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut count = 0u64;
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    count += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        return Ok(Some((file, count, hasher)));
+    }
+}
+
+/// Creates a new file and takes its lock, which tells
+/// [`LayoutWriter::reclaim_temporaries`] that its writer is alive.
+fn create_locked(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive)?;
+    Ok(file)
+}
+
+/// The PID in a temp file name `.tmp-STEM-PID-N`.
+fn tmp_owner(name: &str) -> Option<i32> {
+    let rest = name.strip_prefix(TMP_PREFIX)?;
+    let mut parts = rest.rsplitn(3, '-');
+    let _n: u64 = parts.next()?.parse().ok()?;
+    parts.next()?.parse().ok()
+}
+
+/// Whether a process with this PID exists (EPERM: it does, as another user's).
+fn pid_alive(pid: i32) -> bool {
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+        return true;
+    };
+    !matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    )
+}
+
+/// Fsyncs a directory, making the names in it durable.
+fn sync_dir(dir: &Path) -> Result<(), OciError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err("sync directory", dir, e))?;
+    note(format!("sync dir {}", file_name(dir)));
+    Ok(())
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// What the durability steps did, in order, for the tests.
+    static EVENTS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Records a durability step (tests only; nothing in a release build).
+fn note(_event: String) {
+    #[cfg(test)]
+    EVENTS.with(|e| e.borrow_mut().push(_event));
 }
 
 /// Parses an existing `index.json` into its top-level object.
@@ -279,8 +483,10 @@ fn io_err(op: &'static str, path: &Path, source: io::Error) -> OciError {
 }
 
 /// A blob being written: bytes are hashed and counted as they arrive, and
-/// the temp file becomes the blob only in [`BlobWriter::commit`]. Dropping
-/// an uncommitted writer removes the temp file.
+/// the file becomes the blob only in [`BlobWriter::commit`]. Dropping an
+/// uncommitted writer keeps a partial (a later pull resumes it) and
+/// removes a private temp file; a blob that fails verification is removed
+/// either way.
 #[derive(Debug)]
 pub struct BlobWriter {
     file: Option<File>,
@@ -290,6 +496,10 @@ pub struct BlobWriter {
     size: u64,
     hasher: Option<DigestHasher>,
     count: u64,
+    /// Bytes found in the partial when the writer started.
+    resumed: u64,
+    /// Whether `tmp` is the digest's shared partial.
+    partial: bool,
 }
 
 impl BlobWriter {
@@ -322,6 +532,21 @@ impl BlobWriter {
         self.count
     }
 
+    /// Bytes an earlier, interrupted writer had left in the partial (0
+    /// for a fresh start, or after [`BlobWriter::restart`]).
+    pub fn resumed(&self) -> u64 {
+        self.resumed
+    }
+
+    /// Whether the bytes so far are the whole blob: its size, its digest.
+    pub fn is_intact(&self) -> bool {
+        self.count == self.size
+            && self
+                .hasher
+                .clone()
+                .is_some_and(|h| h.finish_hex() == self.digest.hex())
+    }
+
     /// The size the blob must have.
     pub fn expected_size(&self) -> u64 {
         self.size
@@ -347,36 +572,52 @@ impl BlobWriter {
             .map_err(|e| io_err("truncate temp blob", &self.tmp, e))?;
         self.hasher = Some(self.digest.hasher()?);
         self.count = 0;
+        self.resumed = 0;
         Ok(())
     }
 
-    /// Checks size and digest, then renames the temp file into place. On a
-    /// mismatch the temp file is removed and nothing appears in the layout.
+    /// Checks size and digest, syncs the data, then renames the file into
+    /// place. On a mismatch the file is removed and nothing appears in the
+    /// layout. The directory entry is made durable later, by
+    /// [`LayoutWriter::sync_blob_dirs`] before `index.json` names the blob.
     pub fn commit(mut self) -> Result<(), OciError> {
-        if self.count != self.size {
-            return Err(OciError::SizeMismatch {
+        let mismatch = if self.count != self.size {
+            Some(OciError::SizeMismatch {
                 digest: self.digest.clone(),
                 expected: self.size,
                 found: self.count,
-            });
-        }
-        let hasher = self.hasher.take().expect("hasher present until commit");
-        let found = hasher.finish_hex();
-        if found != self.digest.hex() {
-            return Err(OciError::DigestMismatch {
+            })
+        } else {
+            let hasher = self.hasher.take().expect("hasher present until commit");
+            let found = hasher.finish_hex();
+            (found != self.digest.hex()).then(|| OciError::DigestMismatch {
                 expected: self.digest.clone(),
                 found: format!("{}:{found}", self.digest.algorithm()),
-            });
+            })
+        };
+        if let Some(err) = mismatch {
+            self.partial = false;
+            return Err(err);
         }
-        drop(self.file.take());
+        let file = self.file.take().expect("file present until commit");
+        file.sync_all()
+            .map_err(|e| io_err("sync blob", &self.tmp, e))?;
+        note(format!("sync blob {}", file_name(&self.dest)));
         fs::rename(&self.tmp, &self.dest).map_err(|e| io_err("rename blob", &self.dest, e))?;
+        note(format!("rename {}", file_name(&self.dest)));
+        // The lock goes with the file, after the rename: a writer waiting
+        // on the partial then finds it gone and starts a fresh one.
+        drop(file);
         Ok(())
     }
 }
 
 impl Drop for BlobWriter {
     fn drop(&mut self) {
-        if self.file.is_some() || self.hasher.is_some() {
+        let unfinished = self.file.is_some() || self.hasher.is_some();
+        // An empty partial saves nothing; removing it under the lock we
+        // still hold is safe.
+        if unfinished && (!self.partial || self.count == 0) {
             let _ = fs::remove_file(&self.tmp);
         }
     }
@@ -471,5 +712,48 @@ mod tests {
         let index: Value =
             serde_json::from_slice(&fs::read(dir.path().join("index.json")).unwrap()).unwrap();
         assert_eq!(index["manifests"].as_array().unwrap().len(), 40);
+    }
+
+    #[test]
+    fn blob_data_and_names_are_synced_before_index_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = LayoutWriter::create(dir.path()).unwrap();
+        EVENTS.with(|e| e.borrow_mut().clear());
+        let data = b"manifest bytes";
+        w.put_blob(&Digest::sha256_of(data), data).unwrap();
+        w.set_ref("a", &target(data)).unwrap();
+        let hex = Digest::sha256_of(data).hex().to_owned();
+        let events = EVENTS.with(|e| e.borrow().clone());
+        assert_eq!(
+            events,
+            [
+                format!("sync blob {hex}"),
+                format!("rename {hex}"),
+                "sync dir sha256".to_owned(),
+                "rename index.json".to_owned(),
+                format!("sync dir {}", file_name(dir.path())),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_partial_is_resumed_and_a_locked_one_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = LayoutWriter::create(dir.path()).unwrap();
+        let data = b"0123456789".to_vec();
+        let d = Digest::sha256_of(&data);
+        let mut first = w.begin_blob(&d, 10).unwrap();
+        first.write(&data[..4]).unwrap();
+        // Held by `first`: a second writer gets a private temp file.
+        let second = w.begin_blob(&d, 10).unwrap();
+        assert_eq!(second.written(), 0);
+        drop(second);
+        drop(first);
+        assert!(tmp_files(dir.path()).is_empty());
+        let mut resumed = w.begin_blob(&d, 10).unwrap();
+        assert_eq!((resumed.written(), resumed.resumed()), (4, 4));
+        resumed.write(&data[4..]).unwrap();
+        resumed.commit().unwrap();
+        assert!(w.has_verified_blob(&d, 10).unwrap());
     }
 }

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -167,6 +167,88 @@ impl Registry {
     }
 }
 
+/// One plain-HTTP request on its own connection: the status and the
+/// response head.
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[String],
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the registry");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+impl Registry {
+    /// Pushes blobs and a manifest as given, byte for byte, through the
+    /// distribution API: images that skopeo would refuse to push (a
+    /// config that is not JSON, say).
+    pub fn push_raw(
+        &self,
+        repo: &str,
+        tag: &str,
+        blobs: &[&[u8]],
+        manifest: &[u8],
+        media_type: &str,
+    ) {
+        for blob in blobs {
+            let (status, head) = http_request(
+                &self.addr,
+                "POST",
+                &format!("/v2/{repo}/blobs/uploads/"),
+                &[],
+                b"",
+            );
+            assert_eq!(status, 202, "{head}");
+            let location = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Location: ")
+                        .or_else(|| l.strip_prefix("location: "))
+                })
+                .expect("upload location")
+                .trim()
+                .to_owned();
+            let path = location
+                .split_once("://")
+                .map_or(location.as_str(), |(_, rest)| {
+                    &rest[rest.find('/').unwrap_or(0)..]
+                })
+                .to_owned();
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let put = format!("{path}{sep}digest={}", sha256_digest(blob));
+            let octets = ["Content-Type: application/octet-stream".to_owned()];
+            let (status, head) = http_request(&self.addr, "PUT", &put, &octets, blob);
+            assert_eq!(status, 201, "{head}");
+        }
+        let ct = [format!("Content-Type: {media_type}")];
+        let (status, head) = http_request(
+            &self.addr,
+            "PUT",
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &ct,
+            manifest,
+        );
+        assert_eq!(status, 201, "{head}");
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -226,9 +308,13 @@ pub fn stray_files(layout: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Every blob hashes to its name.
+/// Every blob hashes to its name (a `.partial-` download kept for a
+/// later pull to resume is not a blob).
 pub fn assert_blobs_verified(layout: &Path) {
     for name in blob_set(layout) {
+        if name.starts_with(".partial-") {
+            continue;
+        }
         let bytes = std::fs::read(layout.join("blobs/sha256").join(&name)).unwrap();
         assert_eq!(
             sha256_digest(&bytes),
@@ -349,6 +435,18 @@ pub enum Fault {
     /// Answer with this status, extra header lines and body (a fake
     /// token server or auth gate).
     Respond(u16, Vec<String>, Vec<u8>),
+    /// Send the headers and this many body bytes, then keep the
+    /// connection open, silent, until the client closes it (at most 60 s).
+    Stall(usize),
+    /// Announce this many more bytes than the body has, send the body,
+    /// then hold the connection open as [`Fault::Stall`] does.
+    AnnounceMoreAndHold(usize),
+    /// Forward the request with `Range: bytes=N-` in place of the
+    /// client's, and pass the 206 back: a resume from the wrong offset.
+    RangeFrom(u64),
+    /// Answer with this status and extra header lines, then stream spaces
+    /// until the client closes the connection (at most 256 MiB).
+    Endless(u16, Vec<String>),
 }
 
 /// One request the proxy saw.
@@ -360,6 +458,8 @@ pub struct Seen {
     pub range: Option<String>,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
+    /// When the request arrived.
+    pub at: Instant,
 }
 
 type Decide = dyn Fn(&Seen, usize) -> Fault + Send + Sync;
@@ -373,6 +473,8 @@ pub struct FaultProxy {
     pub addr: String,
     /// Requests seen, in order.
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Body bytes the proxy wrote for [`Fault::Endless`] answers.
+    pub endless_sent: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -388,7 +490,9 @@ impl FaultProxy {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let decide: Arc<Decide> = Arc::new(decide);
+        let endless_sent = Arc::new(AtomicU64::new(0));
         let (upstream, seen2, stop2) = (upstream.to_owned(), seen.clone(), stop.clone());
+        let sent2 = endless_sent.clone();
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if stop2.load(Ordering::SeqCst) {
@@ -396,14 +500,16 @@ impl FaultProxy {
                 }
                 let Ok(conn) = conn else { continue };
                 let (upstream, seen, decide) = (upstream.clone(), seen2.clone(), decide.clone());
+                let sent = sent2.clone();
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &upstream, &seen, &*decide);
+                    let _ = serve(conn, &upstream, &seen, &*decide, &sent);
                 });
             }
         });
         FaultProxy {
             addr,
             seen,
+            endless_sent,
             stop,
             thread: Some(thread),
         }
@@ -436,9 +542,56 @@ fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
         if stream.read(&mut byte)? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
+        // A TLS ClientHello (skopeo tries HTTPS first): refuse at once, so
+        // the client falls back to HTTP instead of timing out.
+        if head.is_empty() && byte[0] == 0x16 {
+            return Err(std::io::ErrorKind::InvalidData.into());
+        }
         head.push(byte[0]);
     }
     Ok(head)
+}
+
+/// Keeps a connection open and silent until the client closes it, or 60 s.
+fn hold(client: &mut TcpStream) {
+    let _ = client.set_read_timeout(Some(Duration::from_millis(100)));
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    while start.elapsed() < Duration::from_secs(60) {
+        match client.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Writes `code` and `extra` headers, then spaces until the client goes
+/// away (or 256 MiB), counting what was sent.
+fn serve_endless(
+    client: &mut TcpStream,
+    code: u16,
+    extra: &[String],
+    sent: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut head = format!("HTTP/1.1 {code} Injected\r\nConnection: close\r\n");
+    for line in extra {
+        head.push_str(line);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    client.write_all(head.as_bytes())?;
+    let chunk = vec![b' '; 64 * 1024];
+    for _ in 0..4096 {
+        client.write_all(&chunk)?;
+        sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+    }
+    Ok(())
 }
 
 fn serve(
@@ -446,6 +599,7 @@ fn serve(
     upstream: &str,
     seen: &Mutex<Vec<Seen>>,
     decide: &Decide,
+    sent: &AtomicU64,
 ) -> std::io::Result<()> {
     let head = String::from_utf8_lossy(&read_head(&mut client)?).into_owned();
     let mut lines = head.split("\r\n");
@@ -467,6 +621,7 @@ fn serve(
         line: line.clone(),
         range,
         authorization,
+        at: Instant::now(),
     };
     // Decided outside the lock: a callback may hold one request back
     // until something else has happened, while others go through.
@@ -496,6 +651,13 @@ fn serve(
         client.write_all(head.as_bytes())?;
         client.write_all(body)?;
         return Ok(());
+    }
+    if let Fault::Endless(code, extra) = &fault {
+        return serve_endless(&mut client, *code, extra, sent);
+    }
+    if let Fault::RangeFrom(start) = fault {
+        headers.retain(|h| !h.to_ascii_lowercase().starts_with("range:"));
+        headers.push(format!("Range: bytes={start}-"));
     }
     headers.push("Connection: close".into());
     let mut up = TcpStream::connect(upstream)?;
@@ -532,9 +694,28 @@ fn serve(
             out_head.push(format!("Content-Length: {n}"));
             body.truncate(n);
         }
+        Fault::AnnounceMoreAndHold(n) => {
+            out_head.retain(|h| !h.to_ascii_lowercase().starts_with("content-length:"));
+            out_head.push(format!("Content-Length: {}", body.len() + n));
+        }
         _ => {}
     }
     client.write_all(format!("{}\r\n\r\n", out_head.join("\r\n")).as_bytes())?;
+    match fault {
+        Fault::Stall(n) => {
+            client.write_all(&body[..n.min(body.len())])?;
+            client.flush()?;
+            hold(&mut client);
+            return Ok(());
+        }
+        Fault::AnnounceMoreAndHold(_) => {
+            client.write_all(&body)?;
+            client.flush()?;
+            hold(&mut client);
+            return Ok(());
+        }
+        _ => {}
+    }
     client.write_all(&body)?;
     client.flush()?;
     let _ = client.shutdown(Shutdown::Both);

@@ -54,17 +54,6 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-impl Credentials {
-    pub(crate) fn to_client_auth(&self) -> oci_client::secrets::RegistryAuth {
-        match self {
-            Credentials::Anonymous => oci_client::secrets::RegistryAuth::Anonymous,
-            Credentials::Basic { username, password } => {
-                oci_client::secrets::RegistryAuth::Basic(username.clone(), password.clone())
-            }
-        }
-    }
-}
-
 #[derive(Deserialize)]
 struct AuthFile {
     #[serde(default)]

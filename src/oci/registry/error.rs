@@ -141,3 +141,75 @@ impl RegistryError {
         }
     }
 }
+
+/// One entry of a registry's error envelope.
+#[derive(serde::Deserialize)]
+struct EnvelopeError {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    errors: Vec<EnvelopeError>,
+}
+
+/// Longest excerpt of a body that is not an error envelope.
+const EXCERPT_CHARS: usize = 200;
+
+/// A registry error body in one line: `CODE: message; …` from the
+/// distribution spec's `{"errors":[…]}` envelope, else a short printable
+/// excerpt of whatever was sent (an HTML page from a proxy), else empty.
+/// The caller bounds how much of the body it reads.
+pub fn summarize_error_body(body: &[u8]) -> String {
+    if let Ok(envelope) = serde_json::from_slice::<Envelope>(body) {
+        let parts: Vec<String> = envelope
+            .errors
+            .iter()
+            .map(|e| match (e.code.is_empty(), e.message.is_empty()) {
+                (false, false) => format!("{}: {}", e.code, e.message),
+                (false, true) => e.code.clone(),
+                _ => e.message.clone(),
+            })
+            .filter(|s| !s.is_empty())
+            .collect();
+        if !parts.is_empty() {
+            return parts.join("; ");
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let mut excerpt: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(EXCERPT_CHARS)
+        .collect();
+    excerpt = excerpt.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.chars().count() > EXCERPT_CHARS {
+        excerpt.push('…');
+    }
+    excerpt
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_in_one_line() {
+        let body =
+            br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"},{"code":"DENIED"}]}"#;
+        assert_eq!(
+            summarize_error_body(body),
+            "TOOMANYREQUESTS: slow down; DENIED"
+        );
+        assert_eq!(
+            summarize_error_body(b"<html>\n<b>502</b></html>"),
+            "<html> <b>502</b></html>"
+        );
+        assert!(summarize_error_body(&[b'x'; 1000]).ends_with('…'));
+        assert_eq!(summarize_error_body(b""), "");
+    }
+}

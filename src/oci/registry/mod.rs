@@ -21,9 +21,12 @@
 //! onto a current-thread runtime in one place, so callers stay synchronous.
 
 pub mod auth;
+mod blob;
 pub mod client;
 pub mod error;
 pub mod reference;
+pub mod retry;
+pub mod token;
 pub mod transfer;
 
 use std::collections::BTreeSet;
@@ -39,11 +42,11 @@ pub use auth::Credentials;
 pub use client::Endpoint;
 pub use error::RegistryError;
 pub use reference::{ImageReference, PullSource};
-pub use transfer::RetryPolicy;
+pub use retry::RetryPolicy;
 
 use super::layout_write::{LayoutWriter, RefTarget};
 use super::select::{Document, Step, Walk};
-use super::{Digest, DocumentKind, ImageLayout, LayoutRef, OciError, Platform};
+use super::{media, Digest, DocumentKind, ImageLayout, LayoutRef, OciError, Platform};
 use transfer::Session;
 
 /// What a pull reports as it goes: for a progress display, or for a
@@ -268,7 +271,8 @@ async fn connect(
     };
     let endpoint = Endpoint::for_reference(reference, options.insecure);
     let http = client::build(&endpoint)?;
-    let session = Session::new(http, reference.clone(), &credentials, options.retry.clone());
+    let retry = options.retry.clone();
+    let session = Session::new(http, &endpoint, reference.clone(), &credentials, retry);
     session.authenticate().await?;
     Ok(session)
 }
@@ -352,12 +356,10 @@ async fn download(
                         });
                     }
                 };
-                let fetched = match &chosen.config {
-                    Some((digest, bytes)) if *digest == blob => {
-                        store_fetched(layout, digest, bytes)
-                            .map_err(|e| RegistryError::layout(&session.reference, e))?
-                    }
-                    _ => session.fetch_blob(layout, &blob, size, &on_bytes).await?,
+                let fetched = if config == Some(&blob) {
+                    fetch_config(session, layout, chosen, &blob, size).await?
+                } else {
+                    session.fetch_blob(layout, &blob, size, &on_bytes).await?
                 };
                 if let Some(p) = &progress {
                     p(&PullEvent::BlobDone {
@@ -378,6 +380,68 @@ async fn download(
         bytes_fetched += result?;
     }
     Ok(bytes_fetched)
+}
+
+/// Fetches the config (or takes the copy read while choosing the
+/// manifest), checks it, and stores it. Returns the bytes fetched.
+async fn fetch_config(
+    session: &Session,
+    layout: &LayoutWriter,
+    chosen: &Chosen,
+    digest: &Digest,
+    size: u64,
+) -> Result<u64, RegistryError> {
+    let wrap = |e| RegistryError::layout(&session.reference, e);
+    let bytes = match &chosen.config {
+        Some((d, bytes)) if d == digest => bytes.clone(),
+        _ => session.fetch_config(digest, size).await?,
+    };
+    let body = &chosen.manifest.body;
+    let media_type = body.config.as_ref().map_or("", |c| c.media_type.as_str());
+    let layers = body.layers.as_ref().map_or(0, Vec::len);
+    check_config(digest, media_type, &bytes, layers).map_err(wrap)?;
+    store_fetched(layout, digest, &bytes).map_err(wrap)
+}
+
+/// The part of an image config a pull checks.
+#[derive(serde::Deserialize)]
+struct ConfigShape {
+    rootfs: RootfsShape,
+}
+
+#[derive(serde::Deserialize)]
+struct RootfsShape {
+    #[serde(default)]
+    diff_ids: Vec<String>,
+}
+
+/// Refuses a config that `unpack` would refuse, before the pull writes a
+/// ref to it: not JSON, or (for an image config) not one `diff_id` per
+/// layer. Configs of other media types (artifacts) need only be JSON.
+fn check_config(
+    digest: &Digest,
+    media_type: &str,
+    bytes: &[u8],
+    layers: usize,
+) -> Result<(), OciError> {
+    let json_err = |source| OciError::Json {
+        what: "config",
+        name: digest.to_string(),
+        source,
+    };
+    if ![media::OCI_CONFIG, media::DOCKER_CONFIG, ""].contains(&media_type) {
+        serde_json::from_slice::<serde_json::Value>(bytes).map_err(json_err)?;
+        return Ok(());
+    }
+    let config: ConfigShape = serde_json::from_slice(bytes).map_err(json_err)?;
+    if config.rootfs.diff_ids.len() != layers {
+        return Err(OciError::DiffIdCount {
+            config: digest.clone(),
+            layers,
+            diff_ids: config.rootfs.diff_ids.len(),
+        });
+    }
+    Ok(())
 }
 
 /// Stores a blob fetched while choosing the manifest; returns the bytes

@@ -195,25 +195,6 @@ impl ImageReference {
             (None, None) => "latest".to_owned(),
         }
     }
-
-    /// The same reference as `oci-client` wants it, aimed at the endpoint.
-    pub(crate) fn to_client_ref(&self) -> oci_client::Reference {
-        let registry = self.endpoint().to_owned();
-        let repository = self.repository.clone();
-        match (&self.tag, &self.digest) {
-            (Some(t), Some(d)) => oci_client::Reference::with_tag_and_digest(
-                registry,
-                repository,
-                t.clone(),
-                d.to_string(),
-            ),
-            (None, Some(d)) => {
-                oci_client::Reference::with_digest(registry, repository, d.to_string())
-            }
-            (Some(t), None) => oci_client::Reference::with_tag(registry, repository, t.clone()),
-            (None, None) => oci_client::Reference::with_tag(registry, repository, "latest".into()),
-        }
-    }
 }
 
 impl fmt::Display for ImageReference {
