@@ -21,6 +21,13 @@
 //!   [`LayerInput`](super::LayerInput) whose `compression` is `None` (a bare
 //!   layer stream that no manifest describes) is read as gzip or zstd when
 //!   it starts with their magic, as plain tar otherwise.
+//! - **A zstd skippable frame is zstd magic.** zstd:chunked layers begin
+//!   with one (its metadata); libzstd skips such frames wherever they are.
+//! - **Empty is valid only where the format says so.** A blob declared gzip
+//!   or zstd must be a stream of it, so an empty one fails the declaration
+//!   check. An empty plain layer has no end-of-archive blocks, yet umoci
+//!   (Go's archive/tar), GNU tar and bsdtar all read it as an archive with
+//!   no members, and so do we; its diff_id is checked all the same.
 //!
 //! gzip goes through `zlib_rs::Inflate` directly rather than flate2: the
 //! layout store (ocidir) switches flate2 to the C zlib backend for the whole
@@ -36,12 +43,21 @@ use super::error::UnpackError;
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 
+/// Whether `head` starts with a zstd skippable frame, magic `0x184D2A50` to
+/// `0x184D2A5F` (little-endian). zstd:chunked puts its metadata in such
+/// frames, and a stream may begin with one; libzstd skips them wherever
+/// they are.
+fn is_zstd_skippable(head: &[u8]) -> bool {
+    matches!(head, [b0, 0x2a, 0x4d, 0x18, ..] if b0 & 0xf0 == 0x50)
+}
+
 /// Tells the compression from the first bytes of a stream. Anything without
-/// gzip or zstd magic is taken for plain tar.
+/// gzip or zstd magic (a zstd frame or a skippable frame) is taken for
+/// plain tar.
 pub fn sniff(head: &[u8]) -> Compression {
     if head.starts_with(GZIP_MAGIC) {
         Compression::Gzip
-    } else if head.starts_with(ZSTD_MAGIC) {
+    } else if head.starts_with(ZSTD_MAGIC) || is_zstd_skippable(head) {
         Compression::Zstd
     } else {
         Compression::None
@@ -267,6 +283,10 @@ mod tests {
     fn sniff_tells_formats_apart() {
         assert_eq!(sniff(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
         assert_eq!(sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(sniff(&[0x50, 0x2a, 0x4d, 0x18]), Compression::Zstd);
+        assert_eq!(sniff(&[0x5f, 0x2a, 0x4d, 0x18]), Compression::Zstd);
+        assert_eq!(sniff(&[0x60, 0x2a, 0x4d, 0x18]), Compression::None);
+        assert_eq!(sniff(&[0x50, 0x2a, 0x4d]), Compression::None);
         assert_eq!(sniff(b"usr/"), Compression::None);
         assert_eq!(sniff(b""), Compression::None);
     }
