@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 # qemu-user-static: foreign-architecture runs in tests/emulator.rs.
 APT_PACKAGES=(umoci skopeo libarchive-tools zstd tar gzip busybox-static docker-registry apache2-utils
   strace musl-tools qemu-user-static)
+# The `isal` cargo feature builds ISA-L from source: nasm and autotools.
+APT_PACKAGES+=(nasm autoconf automake libtool make)
 
 # tests/emulator.rs downloads Debian's busybox-static:arm64 with
 # `apt-get download`, which needs the arm64 package lists.
@@ -32,3 +34,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo test "$@"
+
+# The same decoder guarantees with ISA-L's gunzip (the `isal` feature, which
+# the static binary and the benchmarks use): its unit tests, the hostile
+# layers and the tar oracles.
+cargo test --features isal --lib unpack::decode
+cargo test --features isal --test unpack_hostile --test tar_oracles

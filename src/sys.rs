@@ -660,6 +660,96 @@ pub(crate) fn wait_termination_signal() -> io::Result<libc::c_int> {
     Ok(signal)
 }
 
+/// ISA-L's gzip inflate (the `isal` feature) behind a safe interface.
+///
+/// ISA-L keeps the 32 KiB history and any partial header or block inside
+/// its state at the end of every call, so each call is handed fresh input
+/// and output slices and no pointer into a caller's buffer survives it.
+#[cfg(feature = "isal")]
+pub(crate) mod isal {
+    use isal_sys::igzip_lib as ffi;
+
+    /// What one call did.
+    pub(crate) struct Step {
+        /// Input bytes consumed.
+        pub consumed: usize,
+        /// Output bytes written.
+        pub produced: usize,
+        /// The member's trailer was read and its CRC32 and ISIZE matched.
+        pub finished: bool,
+    }
+
+    /// The inflate state of one gzip member at a time. Boxed: it is 87 KiB.
+    pub(crate) struct GzipInflate {
+        state: Box<ffi::inflate_state>,
+    }
+
+    impl GzipInflate {
+        /// A state that parses a gzip header, inflates, and checks the
+        /// CRC32 and ISIZE trailer.
+        pub(crate) fn new() -> Self {
+            // SAFETY: inflate_state is plain C data (integers, arrays, raw
+            // pointers), for which all-zero bytes are a valid value.
+            let mut state: Box<ffi::inflate_state> = Box::new(unsafe { std::mem::zeroed() });
+            // SAFETY: `state` is a live inflate_state we borrow exclusively.
+            unsafe { ffi::isal_inflate_init(&mut *state) };
+            state.crc_flag = ffi::ISAL_GZIP;
+            GzipInflate { state }
+        }
+
+        /// Readies the state for the next member.
+        pub(crate) fn reset(&mut self) {
+            // SAFETY: as in `new`.
+            unsafe { ffi::isal_inflate_reset(&mut *self.state) };
+            self.state.crc_flag = ffi::ISAL_GZIP;
+        }
+
+        /// Inflates from `input` into `output`; the error is ISA-L's
+        /// negative return code.
+        pub(crate) fn inflate(&mut self, input: &[u8], output: &mut [u8]) -> Result<Step, i32> {
+            let avail_in = u32::try_from(input.len()).unwrap_or(u32::MAX);
+            let avail_out = u32::try_from(output.len()).unwrap_or(u32::MAX);
+            let state = &mut *self.state;
+            state.next_in = input.as_ptr().cast_mut();
+            state.avail_in = avail_in;
+            state.next_out = output.as_mut_ptr();
+            state.avail_out = avail_out;
+            // SAFETY: next_in/avail_in describe `input`, which ISA-L only
+            // reads, and next_out/avail_out describe `output`, which we
+            // borrow exclusively; both live through the call, and the
+            // pointers are cleared right after it.
+            let ret = unsafe { ffi::isal_inflate(state) };
+            let consumed = (avail_in - state.avail_in) as usize;
+            let produced = (avail_out - state.avail_out) as usize;
+            state.next_in = std::ptr::null_mut();
+            state.avail_in = 0;
+            state.next_out = std::ptr::null_mut();
+            state.avail_out = 0;
+            if ret < 0 {
+                return Err(ret);
+            }
+            Ok(Step {
+                consumed,
+                produced,
+                finished: state.block_state == ffi::isal_block_state_ISAL_BLOCK_FINISH,
+            })
+        }
+    }
+
+    /// What an ISA-L inflate error code means.
+    pub(crate) fn describe(code: i32) -> &'static str {
+        match code {
+            ffi::ISAL_INVALID_BLOCK => "invalid deflate block",
+            ffi::ISAL_INVALID_SYMBOL => "invalid deflate symbol",
+            ffi::ISAL_INVALID_LOOKBACK => "invalid lookback distance",
+            ffi::ISAL_INVALID_WRAPPER => "invalid gzip header",
+            ffi::ISAL_UNSUPPORTED_METHOD => "compression method is not deflate",
+            ffi::ISAL_INCORRECT_CHECKSUM => "CRC32 or length trailer mismatch",
+            _ => "inflate failed",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

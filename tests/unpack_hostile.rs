@@ -810,3 +810,120 @@ fn dropped_overlay_xattrs_cannot_steer_an_overlay_mount() {
     }
     s.canary.assert_unchanged();
 }
+
+/// A layer declared with `compression`, otherwise true to its bytes.
+fn declared(blob: &Blob, compression: metalor::oci::Compression) -> LayerInput {
+    LayerInput {
+        compression: Some(compression),
+        ..blob.input()
+    }
+}
+
+/// A zstd skippable frame (magic `0x184D2A5?`, here `nibble`) carrying
+/// `payload`, as zstd:chunked writes its metadata.
+fn skippable_frame(nibble: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (0x184D_2A50u32 | u32::from(nibble)).to_le_bytes().to_vec();
+    frame.extend((payload.len() as u32).to_le_bytes());
+    frame.extend(payload);
+    frame
+}
+
+#[test]
+fn zstd_skippable_frames_are_skipped_wherever_they_are() {
+    use metalor::oci::Compression;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 253) as u8).collect();
+    let tar = Tar::new().file("f", &data).file("g", b"g").finish();
+    let skip = |n| skippable_frame(n, &[0xa5; 1000]);
+    let frames = zstd_frames(&tar, 2);
+    let body = zstd(&tar);
+    let blobs = [
+        [skip(0), body.clone()].concat(),
+        [skip(0xf), skip(3), body.clone()].concat(),
+        [frames.clone(), skip(7)].concat(),
+        [skip(1), zstd_frames(&tar, 3), skip(2)].concat(),
+        [skippable_frame(0, b""), body].concat(),
+    ];
+    for bytes in blobs {
+        let blob = Blob::with_diff_id(bytes, sha256(&tar));
+        for input in [declared(&blob, Compression::Zstd), blob.input()] {
+            let s = Scene::new();
+            if let Err(e) = s.unpack(vec![input]) {
+                panic!("unpack with skippable frames: {}", chain(&e));
+            }
+            assert_eq!(s.read("f"), data);
+            assert_eq!(s.read("g"), b"g");
+        }
+    }
+}
+
+/// A blob declared compressed must be a stream of that compression: an
+/// empty blob, bare magic or magic then garbage fail, naming the layer.
+#[test]
+fn empty_or_invalid_compressed_blobs_fail_with_the_layer_digest() {
+    use metalor::oci::Compression;
+    use metalor::unpack::StagedUnpackError;
+    let cases: [(Compression, &[u8]); 7] = [
+        (Compression::Gzip, b""),
+        (Compression::Gzip, &[0x1f, 0x8b]),
+        (
+            Compression::Gzip,
+            &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xff, 0xff],
+        ),
+        (Compression::Zstd, b""),
+        (Compression::Zstd, &[0x28, 0xb5, 0x2f, 0xfd]),
+        (
+            Compression::Zstd,
+            &[0x28, 0xb5, 0x2f, 0xfd, 0xff, 0xff, 0xff, 0xff],
+        ),
+        // A skippable frame that claims more than the blob holds.
+        (
+            Compression::Zstd,
+            &[0x50, 0x2a, 0x4d, 0x18, 0xff, 0, 0, 0, 1],
+        ),
+    ];
+    for (compression, bytes) in cases {
+        for blob in [
+            Blob::with_diff_id(bytes.to_vec(), sha256(b"")),
+            Blob::with_diff_id([bytes, &[0u8; 1024][..]].concat(), sha256(&[0u8; 1024])),
+        ] {
+            let s = Scene::new();
+            let err = s
+                .unpack(vec![declared(&blob, compression)])
+                .expect_err("an invalid compressed blob must fail");
+            let StagedUnpackError::Layer { digest, .. } = &err else {
+                panic!("expected a layer error, got {}", chain(&err));
+            };
+            assert_eq!(digest.to_string(), blob.digest);
+            assert!(chain(&err).contains(&blob.digest), "{}", chain(&err));
+            s.assert_clean_failure();
+        }
+    }
+}
+
+/// An empty plain layer has no end-of-archive blocks, but umoci (Go's
+/// archive/tar), GNU tar and bsdtar all read it as an archive without
+/// members, and so does metalor: its diff_id (the digest of no bytes) is
+/// still checked. The same holds for a valid gzip or zstd stream of no
+/// bytes, which umoci also unpacks as an empty layer.
+#[test]
+fn an_empty_plain_layer_is_an_empty_layer_as_for_umoci() {
+    use metalor::oci::Compression;
+    for (blob, compression) in [
+        (Blob::new(b"", Wrap::Plain), Compression::None),
+        (Blob::new(b"", Wrap::Gzip), Compression::Gzip),
+        (Blob::new(b"", Wrap::Zstd), Compression::Zstd),
+    ] {
+        for input in [declared(&blob, compression), blob.input()] {
+            let s = Scene::new();
+            let stats = s.unpack(vec![input]).unwrap();
+            assert_eq!(stats.entries, 0);
+            assert_eq!(fs::read_dir(&s.target).unwrap().count(), 0);
+        }
+        let s = Scene::new();
+        let err = layer_error(
+            s.unpack(vec![declared(&blob.wrong_diff_id(), compression)])
+                .unwrap_err(),
+        );
+        assert_mismatch(&err, "diff_id");
+    }
+}
