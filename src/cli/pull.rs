@@ -36,9 +36,6 @@ pub struct PullArgs {
 
 /// Pulls the image and prints a one-line summary unless `--quiet`.
 pub fn run(args: &PullArgs) -> anyhow::Result<()> {
-    // Still single-threaded here, so setting SSL_CERT_FILE (only on a host
-    // without a CA store) cannot race a reader.
-    registry::client::provide_ca_store_for_process();
     // Before the runtime's threads start, so that they inherit the blocked
     // mask: Ctrl-C or a SIGTERM then removes the registered temporaries
     // and exits 130 or 143.

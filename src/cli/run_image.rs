@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use metalor::oci::registry::{self, PullOptions};
+use metalor::oci::registry::PullOptions;
 use metalor::runtime::linux::{check_upper_dir, OverlayUpper};
 use metalor::store::{resolve_user, PullPolicy, Store};
 use metalor::ContainerRunCommand;
@@ -91,8 +91,6 @@ pub fn run(args: &RunArgs) -> Result<Infallible> {
     let policy = pull_policy(&flags.pull)?;
     let upper = upper_mode(flags)?;
     let store = open_store(flags.store.as_ref())?;
-    // Still single-threaded: setting SSL_CERT_FILE cannot race a reader.
-    registry::client::provide_ca_store_for_process();
     let options = PullOptions {
         insecure: flags.insecure,
         ..PullOptions::default()

@@ -114,16 +114,6 @@ fn system_roots() -> Vec<Certificate> {
     usable
 }
 
-/// Once made a host without a CA store usable for pulls by pointing
-/// `SSL_CERT_FILE` at the bundled roots: oci-client built a throwaway
-/// default HTTP client that panicked without one. The client is now built
-/// here with its roots given explicitly, so no host CA store is needed and
-/// this does nothing; it stays so that existing callers keep compiling.
-pub fn provide_ca_store_for_process() {}
-
-/// [`provide_ca_store_for_process`] for library callers; does nothing.
-pub(crate) fn provide_ca_store_while_alone() {}
-
 /// A DER certificate for reqwest; one it refuses is dropped.
 fn der(bytes: &[u8]) -> Option<Certificate> {
     Certificate::from_der(bytes).ok()

@@ -65,10 +65,6 @@ impl Copy<'_> {
             let _ = remove_if_exists(dir);
             return Err(err);
         }
-        if matches!(self.source, PullSource::Registry(_)) {
-            // Before the unpacker thread exists; see the function's doc.
-            crate::oci::registry::client::provide_ca_store_while_alone();
-        }
         let arrivals = Arc::new(Arrivals::default());
         let rootfs = bundle.rootfs();
         let (copied, unpacked) = std::thread::scope(|scope| {
