@@ -1,50 +1,52 @@
-//! Fuzz the registry response bodies a pull reads: the distribution-spec
-//! error envelope (which decides retry, re-auth, not-found or denied) and
-//! the bearer token answer, parsed the way the registry client parses
-//! them, then carried into metalor's errors.
+//! Fuzz the registry answers a pull reads before anything is verified: the
+//! distribution-spec error envelope (summarised into one line of an error
+//! message), the bearer token answer, the `WWW-Authenticate` challenge and
+//! the `Retry-After` header. Each parser gets the same bytes, and each
+//! result is checked against the promise its doc makes.
 //!
 //! Run: `cargo +nightly fuzz run registry_bodies` from the repository root.
 #![no_main]
 
-use metalor::oci::registry::RegistryError;
-use oci_client::errors::OciEnvelope;
-use oci_client::token_cache::RegistryToken;
+use std::time::{Duration, SystemTime};
+
+use metalor::oci::registry::error::summarize_error_body;
+use metalor::oci::registry::retry::retry_after;
+use metalor::oci::registry::token::{parse_challenge, parse_token_response, Challenge};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    check_envelope(data);
-    check_token(data);
+    check_error_body(data);
+    if let Ok(token) = parse_token_response(data) {
+        assert!(!token.is_empty(), "an empty token is refused");
+    }
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    check_challenge(text);
+    check_retry_after(text);
 });
 
-/// An envelope that parses re-serialises to one that parses the same, and
-/// its text fits in an error message.
-fn check_envelope(body: &[u8]) {
-    let Ok(envelope) = serde_json::from_slice::<OciEnvelope>(body) else {
-        return;
-    };
-    let value = serde_json::to_value(&envelope).expect("an envelope serialises");
-    let again: OciEnvelope = serde_json::from_value(value.clone()).expect("and reads back");
-    assert_eq!(serde_json::to_value(&again).unwrap(), value);
-    let detail = envelope.to_string();
-    let err = RegistryError::NotFound {
-        reference: "docker://r/a:b".into(),
-        registry: "r".into(),
-        what: "manifest b".into(),
-        detail: detail.clone(),
-    };
-    assert!(err.to_string().contains(&detail));
+/// One line, whatever the registry sent.
+fn check_error_body(body: &[u8]) {
+    let line = summarize_error_body(body);
+    assert!(!line.chars().any(char::is_control), "{line:?}");
+    assert_eq!(line.trim(), line, "{line:?}");
 }
 
-/// A token answer gives a bearer header built from its token.
-fn check_token(body: &[u8]) {
-    let Ok(token) = serde_json::from_slice::<RegistryToken>(body) else {
-        return;
-    };
-    assert_eq!(token.bearer_token(), format!("Bearer {}", token.token()));
-    // Tokens end up in debug logs; the client redacts them.
-    let debug = format!("{token:?}");
-    let redacted = [
-        r#"Token { token: "<redacted>" }"#,
-        r#"AccessToken { access_token: "<redacted>" }"#,
-    ];
-    assert!(redacted.contains(&debug.as_str()), "{debug}");
+/// A bearer challenge always names a realm, and parsing is a function.
+fn check_challenge(header: &str) {
+    let challenge = parse_challenge(header);
+    if let Some(Challenge::Bearer { realm, .. }) = &challenge {
+        assert!(!realm.is_empty());
+    }
+    assert_eq!(challenge, parse_challenge(header));
+}
+
+/// A wait inside the cap is honoured, one past it is an error, never both.
+fn check_retry_after(value: &str) {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_633_600);
+    match retry_after(Some(value), now) {
+        Ok(Some(wait)) => assert!(wait <= Duration::from_secs(60), "{wait:?}"),
+        Err(wait) => assert!(wait > Duration::from_secs(60), "{wait:?}"),
+        Ok(None) => {}
+    }
 }

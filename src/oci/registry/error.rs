@@ -174,6 +174,7 @@ pub fn summarize_error_body(body: &[u8]) -> String {
                 (false, true) => e.code.clone(),
                 _ => e.message.clone(),
             })
+            .map(|part| one_line(&part))
             .filter(|s| !s.is_empty())
             .collect();
         if !parts.is_empty() {
@@ -181,16 +182,21 @@ pub fn summarize_error_body(body: &[u8]) -> String {
         }
     }
     let text = String::from_utf8_lossy(body);
-    let mut excerpt: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(EXCERPT_CHARS)
-        .collect();
-    excerpt = excerpt.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut excerpt = one_line(&text.chars().take(EXCERPT_CHARS).collect::<String>());
     if text.chars().count() > EXCERPT_CHARS {
         excerpt.push('…');
     }
     excerpt
+}
+
+/// `text` with control characters as spaces and whitespace runs folded, so
+/// a registry's text cannot break an error message over lines.
+fn one_line(text: &str) -> String {
+    let spaced: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    spaced.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -211,5 +217,11 @@ mod tests {
         );
         assert!(summarize_error_body(&[b'x'; 1000]).ends_with('…'));
         assert_eq!(summarize_error_body(b""), "");
+    }
+
+    #[test]
+    fn an_envelope_message_cannot_break_the_line() {
+        let body = br#"{"errors":[{"code":"DENIED","message":"no\n\u001b[31mway"}]}"#;
+        assert_eq!(summarize_error_body(body), "DENIED: no [31mway");
     }
 }
