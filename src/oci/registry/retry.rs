@@ -127,10 +127,7 @@ impl<'a> Attempts<'a> {
 /// What a `Retry-After` header asks: `Ok(None)` when absent or unreadable
 /// (the normal backoff applies), `Ok(Some(wait))` within the cap,
 /// `Err(wait)` past it. `now` is passed in for the HTTP-date form.
-pub fn retry_after(
-    value: Option<&str>,
-    now: SystemTime,
-) -> Result<Option<Duration>, Duration> {
+pub fn retry_after(value: Option<&str>, now: SystemTime) -> Result<Option<Duration>, Duration> {
     let Some(value) = value.map(str::trim) else {
         return Ok(None);
     };
