@@ -226,6 +226,28 @@ fn an_interrupted_pull_exits_128_plus_n() {
             "{sig:?}: stderr {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // Only a digest-named partial may stay (the next pull resumes it);
+        // private temp files are this process's, and go with it.
+        let strays: Vec<String> = walk_names(&dest)
+            .into_iter()
+            .filter(|name| name.starts_with(".tmp-"))
+            .collect();
+        assert!(strays.is_empty(), "{sig:?} left {strays:?}");
     }
     release.store(true, Ordering::SeqCst);
+}
+
+/// Every file name under `dir`, recursively (none when it does not exist).
+fn walk_names(dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    for entry in entries.flatten() {
+        names.push(entry.file_name().to_string_lossy().into_owned());
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            names.extend(walk_names(&entry.path()));
+        }
+    }
+    names
 }

@@ -45,6 +45,7 @@ use super::digest::{Digest, DigestHasher, DigestVerifier};
 use super::error::OciError;
 use super::layout::REF_NAME_ANNOTATION;
 use super::media;
+use crate::cleanup::TempGuard;
 
 /// The lock file that serializes `index.json` updates.
 pub const LOCK_FILE: &str = ".metalor.lock";
@@ -169,7 +170,7 @@ impl LayoutWriter {
     ) -> BlobWriter {
         BlobWriter {
             file: Some(file),
-            tmp,
+            tmp: tmp.clone(),
             dest: self.blob_path(digest),
             digest: digest.clone(),
             size,
@@ -177,6 +178,9 @@ impl LayoutWriter {
             count,
             resumed: count,
             partial,
+            // A shared partial outlives an interrupt on purpose: the next
+            // pull resumes it.
+            _interrupt_guard: (!partial).then(|| TempGuard::new(&tmp)),
         }
     }
 
@@ -326,6 +330,7 @@ impl LayoutWriter {
     /// syncs the directory so the new name is durable too.
     fn write_atomic(&self, path: &Path, bytes: &[u8], op: &'static str) -> Result<(), OciError> {
         let tmp = self.dir.join(tmp_name("file"));
+        let _interrupt_guard = TempGuard::new(&tmp);
         let result = (|| {
             let mut file = create_locked(&tmp)?;
             file.write_all(bytes)?;
@@ -500,6 +505,9 @@ pub struct BlobWriter {
     resumed: u64,
     /// Whether `tmp` is the digest's shared partial.
     partial: bool,
+    /// Registers a private temp file for removal on SIGINT/SIGTERM; a
+    /// field, so it unregisters after `Drop` has removed the file.
+    _interrupt_guard: Option<TempGuard>,
 }
 
 impl BlobWriter {
