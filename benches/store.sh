@@ -66,7 +66,7 @@ echo "== warm: metalor run --image vs metalor run --rootfs"
 STORE=$WORK/store
 "$METALOR" run -q --store "$STORE" --image "$IMAGE" -- /bin/true
 mkdir -p "$WORK/copy"
-"$METALOR" unpack "$SRC" "$WORK/copy/rootfs" >/dev/null
+"$METALOR" unpack --image "$SRC" "$WORK/copy/rootfs" >/dev/null
 hyperfine -N -w 5 -r "$RUNS" --export-json "$WORK/warm.json" \
   -n "run --image (warm)" "$METALOR run -q --store $STORE --image $IMAGE -- /bin/true" \
   -n "run --rootfs" "$METALOR run --rootfs $WORK/copy/rootfs -- /bin/true"

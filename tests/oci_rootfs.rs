@@ -36,7 +36,8 @@ fn sha256_hex(text: &str) -> String {
 }
 
 /// The cache root's entries; each must be a directory holding exactly
-/// `layout/` and `reference.txt`.
+/// `layout/` and `reference.txt`, and the pristine `rootfs/` a cache hit
+/// copies.
 fn cache_entries(cache: &Path) -> Vec<(String, String)> {
     let mut entries = Vec::new();
     for entry in fs::read_dir(cache).unwrap() {
@@ -51,6 +52,7 @@ fn cache_entries(cache: &Path) -> Vec<(String, String)> {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
+        names.retain(|name| name != "rootfs");
         assert_eq!(names, ["layout", "reference.txt"], "{:?}", entry.path());
         let identity = fs::read_to_string(entry.path().join("reference.txt")).unwrap();
         entries.push((entry.file_name().to_string_lossy().into_owned(), identity));

@@ -1,6 +1,7 @@
 //! `prepare_oci_rootfs`'s warm path: the previous bundle is renamed aside
 //! and removed while the new one is made, and whatever an interrupted
-//! call left aside is removed by the next one.
+//! call left aside is removed by the next one; a cache hit copies the
+//! entry's pristine rootfs instead of decompressing the layers again.
 
 #[path = "../vendor-tests/support/mod.rs"]
 mod support;
@@ -37,4 +38,61 @@ fn the_old_bundle_is_removed_aside_and_leftovers_are_reclaimed() {
         .collect();
     names.sort();
     assert_eq!(names, ["bundle"], "nothing set aside is left");
+}
+
+#[test]
+fn a_cache_hit_copies_the_pristine_rootfs() {
+    let prefix = Prefix::new();
+    let test = "a_cache_hit_copies_the_pristine_rootfs";
+    let Some(reference) = busybox_reference(&prefix.path, test) else {
+        return;
+    };
+    let cache = prefix.join("cache");
+    let cold = prepare_oci_rootfs(
+        &reference,
+        &prefix.path,
+        &prefix.join("cold"),
+        Some(&cache),
+        None,
+    )
+    .unwrap();
+    let entries: Vec<_> = fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let [entry] = &entries[..] else {
+        panic!("one cache entry: {entries:?}");
+    };
+    let pristine = entry.join("rootfs");
+    support::assert_same_tree("pristine copy", ("cold", &cold), ("pristine", &pristine));
+    // A hit reads no layer blob: with them gone it still gives the tree.
+    for blob in fs::read_dir(entry.join("layout/blobs/sha256")).unwrap() {
+        let blob = blob.unwrap().path();
+        if fs::metadata(&blob).unwrap().len() > 4096 {
+            fs::remove_file(blob).unwrap();
+        }
+    }
+    let warm = prepare_oci_rootfs(
+        &reference,
+        &prefix.path,
+        &prefix.join("warm"),
+        Some(&cache),
+        None,
+    )
+    .unwrap();
+    support::assert_same_tree("cache hit", ("cold", &cold), ("warm", &warm));
+    // The copy is a copy: writes to it, even through a file's own inode,
+    // leave the cache alone.
+    let before = support::snapshot(&pristine);
+    fs::write(warm.join("bin/busybox"), b"overwritten").unwrap();
+    fs::write(warm.join("marker"), b"x").unwrap();
+    support::assert_same_snapshot(
+        "pristine after writes",
+        ("before", &pristine, before),
+        ("after", &pristine, support::snapshot(&pristine)),
+    );
+    assert_ne!(
+        fs::read(pristine.join("bin/busybox")).unwrap(),
+        b"overwritten"
+    );
 }

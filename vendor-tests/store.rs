@@ -2,8 +2,9 @@
 //! registry on 127.0.0.1 and real overlay mounts: cold and warm runs,
 //! writes that vanish or stay in `--upper`, `--read-only`, the image
 //! config's Entrypoint/Cmd/Env/WorkingDir/User, concurrent cold runs, a
-//! killed unpack, rmi + prune, foreign store directories, and a rootless
-//! run by an unprivileged user.
+//! killed unpack, rmi + prune, foreign store directories, a rootless
+//! run by an unprivileged user, and a cold pull that unpacks each layer
+//! while later ones still download.
 
 mod registry_support;
 mod support;
@@ -11,7 +12,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use registry_support::Registry;
+use registry_support::{Fault, FaultProxy, Registry};
 use serde_json::{json, Value};
 use support::fixtures::{self, sha256_digest, Compression, Image, Layer};
 use support::{require_root, require_tool};
@@ -519,4 +520,116 @@ fn a_rootless_run_by_an_unprivileged_user() {
     );
     assert_eq!(text(&out.stdout), "0\nw\n");
     assert!(home.join(".local/share/metalor/trees").is_dir());
+}
+
+/// Whether `rel` shows in a tree being made in the store's `staging/`
+/// (the unpacker's own `.rootfs.metalor-staging-*` inside `staging/KEY`).
+fn staged_in(store: &Path, rel: &str) -> bool {
+    let Ok(keys) = std::fs::read_dir(store.join("staging")) else {
+        return false;
+    };
+    keys.flatten().any(|key| {
+        std::fs::read_dir(key.path()).is_ok_and(|entries| {
+            entries.flatten().any(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".rootfs.metalor-staging-")
+                    && entry.path().join(rel).exists()
+            })
+        })
+    })
+}
+
+#[test]
+fn a_cold_pull_unpacks_each_layer_as_it_arrives() {
+    let test = "a_cold_pull_unpacks_each_layer_as_it_arrives";
+    if !require_root(test) {
+        return;
+    }
+    let Some(registry) = Registry::start(test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    let noise: Vec<u8> = (0..300_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let layers = [
+        Layer::new()
+            .dir("one", 0o755)
+            .file("one/big", 0o644, &noise)
+            .file("one/removed", 0o644, b"layer 1\n")
+            .file("one/done", 0o644, b"1\n"),
+        Layer::new()
+            .dir("one", 0o755)
+            .whiteout("one/removed")
+            .file("two", 0o644, b"layer 2\n"),
+    ];
+    let layout = dir.join("two-layers");
+    let image = Image::new("latest", Compression::Gzip, &layers).unwrap();
+    fixtures::write_layout(&layout, &[image]).unwrap();
+    registry.push(&layout, "latest", "overlap", false);
+    let manifest = registry_support::ref_digest(&layout, "latest");
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(layout.join("blobs/sha256").join(&manifest[7..])).unwrap(),
+    )
+    .unwrap();
+    let last = format!(
+        "/blobs/{}",
+        manifest["layers"][1]["digest"].as_str().unwrap()
+    );
+
+    // The last layer is held back until layer 1 shows in the tree being
+    // made: a pull followed by an unpack never shows it, and gives up
+    // after 20 s (under the client's read timeout) so that such a run ends.
+    let store_dir = dir.join("store");
+    let applied_first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (flag, watched) = (applied_first.clone(), store_dir.clone());
+    let proxy = FaultProxy::start(&registry.addr, move |seen, _| {
+        if seen.line.contains(&last) {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while std::time::Instant::now() < deadline {
+                if staged_in(&watched, "one/done") {
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        Fault::None
+    });
+    let store = metalor::store::Store::open(&store_dir).unwrap();
+    let reference = format!("{}/overlap:latest", proxy.addr);
+    let (image, tree) = store
+        .image_and_tree(
+            &reference,
+            metalor::store::PullPolicy::Missing,
+            &metalor::oci::registry::PullOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        applied_first.load(std::sync::atomic::Ordering::SeqCst),
+        "layer 1 was not applied while the last layer's blob was held back: \
+         the store's cold path does not overlap the download and the unpack"
+    );
+    assert!(image.pulled && tree.made());
+    assert_eq!(tree.path(), store_dir.join("trees").join(tree.key()));
+    assert!(!tree.path().join("one/removed").exists());
+    let sequential = dir.join("sequential");
+    support::metalor_unpack(&layout, "latest", &sequential);
+    support::assert_same_tree(
+        "overlapped store unpack",
+        ("tree", tree.path()),
+        ("cli", &sequential),
+    );
+    assert!(std::fs::read_dir(store_dir.join("staging"))
+        .unwrap()
+        .next()
+        .is_none());
+    // Warm: found, not pulled, not made again.
+    drop(tree);
+    let options = metalor::oci::registry::PullOptions::default();
+    let (again, tree) = store
+        .image_and_tree(&reference, metalor::store::PullPolicy::Never, &options)
+        .unwrap();
+    assert!(!again.pulled && !tree.made());
 }

@@ -95,16 +95,16 @@ pub fn run(args: &RunArgs) -> Result<Infallible> {
         insecure: flags.insecure,
         ..PullOptions::default()
     };
-    let image = store.image(reference, policy, &options)?;
+    // Held until this process exits: the waiting parent of the run keeps
+    // the tree's shared lock, so `prune` leaves the tree alone meanwhile.
+    // A pulled image is unpacked while it downloads.
+    let (image, tree) = store.image_and_tree(reference, policy, &options)?;
     if image.pulled && !flags.quiet {
         eprintln!(
             "pulled {} ({})",
             image.reference, image.resolved.manifest_digest
         );
     }
-    // Held until this process exits: the waiting parent of the run keeps
-    // the tree's shared lock, so `prune` leaves the tree alone meanwhile.
-    let tree = store.pristine_tree(&image)?;
     if tree.made() && !flags.quiet {
         eprintln!(
             "unpacked {} into {}",

@@ -51,6 +51,7 @@ mod tree;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use config::{resolve_user, ImageConfig};
 pub use error::StoreError;
@@ -58,8 +59,9 @@ pub use gc::{ImageSummary, PruneReport};
 pub use lock::StoreLock;
 pub use tree::PristineTree;
 
-use crate::oci::registry::{self, PullOptions, PullSource};
+use crate::oci::registry::{self, ProgressFn, PullOptions, PullSource};
 use crate::oci::{Digest, ImageLayout, LayoutWriter, ResolvedImage};
+use crate::unpack::arriving::pull_while_unpacking;
 use lock::LockMode;
 use name::{store_name, StoreName};
 
@@ -208,30 +210,68 @@ impl Store {
     ) -> Result<StoreImage, StoreError> {
         let name = store_name(reference)?;
         let _store = self.lock(LockMode::Shared)?;
-        let mut pulled = false;
-        let resolved = match policy {
-            PullPolicy::Always => {
-                let _ref = self.ref_lock(&name)?;
-                self.pull_locked(&name, options)?;
-                pulled = true;
-                self.resolve(&name, options)?
+        let pulling = name.clone();
+        self.find(name, policy, options, || {
+            self.pull_locked(&pulling, options)
+        })
+    }
+
+    /// [`Store::image`] and then [`Store::pristine_tree`], but when the
+    /// image is pulled, its tree is unpacked during the pull: each layer as
+    /// soon as its blob is in, as `prepare_oci_rootfs` does. The tree is
+    /// made in `staging/`, under its lock, and renamed on success exactly
+    /// as [`Store::pristine_tree`] makes it.
+    pub fn image_and_tree(
+        &self,
+        reference: &str,
+        policy: PullPolicy,
+        options: &PullOptions,
+    ) -> Result<(StoreImage, PristineTree), StoreError> {
+        let name = store_name(reference)?;
+        let _store = self.lock(LockMode::Shared)?;
+        let mut made = None;
+        let image = self.find(name.clone(), policy, options, || {
+            made = self.pull_unpacking(&name, options)?;
+            Ok(())
+        })?;
+        let tree = match made {
+            Some(tree) => tree,
+            None => tree::ensure_tree(self, &image.resolved)?,
+        };
+        Ok((image, tree))
+    }
+
+    /// Resolves `name` as `policy` says, calling `pull` (under the
+    /// reference's lock) when the store must pull it. The caller holds
+    /// the store lock shared.
+    fn find(
+        &self,
+        name: StoreName,
+        policy: PullPolicy,
+        options: &PullOptions,
+        pull: impl FnOnce() -> Result<(), StoreError>,
+    ) -> Result<StoreImage, StoreError> {
+        // A second caller that missed the reference too finds it here,
+        // once the first one's pull is over.
+        let pull_locked = || {
+            let _ref = self.ref_lock(&name)?;
+            if policy == PullPolicy::Missing {
+                if let Some(image) = self.resolve_if_present(&name, options)? {
+                    return Ok((image, false));
+                }
             }
+            pull()?;
+            Ok::<_, StoreError>((self.resolve(&name, options)?, true))
+        };
+        let (resolved, pulled) = match policy {
+            PullPolicy::Always => pull_locked()?,
             PullPolicy::Never => self
                 .resolve_if_present(&name, options)?
+                .map(|image| (image, false))
                 .ok_or_else(|| self.not_in_store(&name))?,
             PullPolicy::Missing => match self.resolve_if_present(&name, options)? {
-                Some(image) => image,
-                None => {
-                    let _ref = self.ref_lock(&name)?;
-                    match self.resolve_if_present(&name, options)? {
-                        Some(image) => image,
-                        None => {
-                            self.pull_locked(&name, options)?;
-                            pulled = true;
-                            self.resolve(&name, options)?
-                        }
-                    }
-                }
+                Some(image) => (image, false),
+                None => pull_locked()?,
             },
         };
         Ok(StoreImage {
@@ -268,6 +308,44 @@ impl Store {
         let source = PullSource::Registry(name.reference.clone());
         registry::pull(&source, &self.layout_dir(), &name.ref_name, options)?;
         Ok(())
+    }
+
+    /// Pulls `name` (its ref lock held) while an unpacker thread makes
+    /// its tree from the layers as they arrive. `None` when the pull
+    /// reported no manifest, so the tree is still to be made. A failed
+    /// pull is the error reported: it is why the unpack failed too.
+    fn pull_unpacking(
+        &self,
+        name: &StoreName,
+        options: &PullOptions,
+    ) -> Result<Option<PristineTree>, StoreError> {
+        let layout = Arc::new(ImageLayout::open(&self.layout_dir())?);
+        let theirs = options.progress.clone();
+        let (pulled, made) = pull_while_unpacking(
+            layout,
+            |ours: ProgressFn| {
+                let progress: ProgressFn = Arc::new(move |event| {
+                    ours(event);
+                    if let Some(theirs) = &theirs {
+                        theirs(event);
+                    }
+                });
+                let options = PullOptions {
+                    progress: Some(progress),
+                    ..options.clone()
+                };
+                self.pull_locked(name, &options)
+            },
+            |arriving| match arriving.image() {
+                None => Ok(None),
+                Some(image) => {
+                    let image = image?;
+                    tree::ensure_tree_from(self, &image, || Ok(arriving.layers(&image))).map(Some)
+                }
+            },
+        );
+        pulled?;
+        made
     }
 
     fn resolve(

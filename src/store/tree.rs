@@ -43,11 +43,22 @@ impl PristineTree {
     }
 }
 
-/// The tree of `image`, made if missing. The caller holds the store lock
-/// shared.
+/// The tree of `image`, made from the blobs in the store's layout if
+/// missing. The caller holds the store lock shared.
 pub(super) fn ensure_tree(
     store: &Store,
     image: &ResolvedImage,
+) -> Result<PristineTree, StoreError> {
+    ensure_tree_from(store, image, || layout_layers(store, image))
+}
+
+/// [`ensure_tree`], with the layers to unpack (if the tree is missing)
+/// from `layers`: the store's cold path passes layers that a pull under
+/// way is still writing.
+pub(super) fn ensure_tree_from(
+    store: &Store,
+    image: &ResolvedImage,
+    layers: impl FnOnce() -> Result<Vec<LayerInput>, StoreError>,
 ) -> Result<PristineTree, StoreError> {
     let key = Store::tree_key(&image.manifest_digest);
     let path = store.path().join("trees").join(&key);
@@ -69,7 +80,7 @@ pub(super) fn ensure_tree(
         lock.share()?;
         return Ok(held(lock, false));
     }
-    make_tree(store, image, &key, &path)?;
+    make_tree(store, image, layers()?, &key, &path)?;
     lock.share()?;
     Ok(held(lock, true))
 }
@@ -84,6 +95,7 @@ fn take(path: &Path, mode: LockMode) -> Result<StoreLock, StoreError> {
 fn make_tree(
     store: &Store,
     image: &ResolvedImage,
+    layers: Vec<LayerInput>,
     key: &str,
     path: &Path,
 ) -> Result<(), StoreError> {
@@ -92,7 +104,7 @@ fn make_tree(
     remove_path_if_exists(&staging).map_err(|e| StoreError::io("remove", &staging, e))?;
     std::fs::create_dir(&staging).map_err(|e| StoreError::io("create", &staging, e))?;
     let rootfs = staging.join("rootfs");
-    let made = unpack_image(store, image, &rootfs).and_then(|()| {
+    let made = unpack_image(image, layers, &rootfs).and_then(|()| {
         std::fs::rename(&rootfs, path).map_err(|e| StoreError::io("commit tree", path, e))
     });
     let cleaned =
@@ -100,10 +112,9 @@ fn make_tree(
     made.and(cleaned)
 }
 
-/// Applies the image's layers to a new `rootfs`, verifying every blob and
-/// diff_id: the same unpacker, with the same semantics, as `metalor
-/// unpack`.
-fn unpack_image(store: &Store, image: &ResolvedImage, rootfs: &Path) -> Result<(), StoreError> {
+/// The image's layers, read from the store's layout: each blob and
+/// diff_id is verified as it is unpacked.
+fn layout_layers(store: &Store, image: &ResolvedImage) -> Result<Vec<LayerInput>, StoreError> {
     let layout = ImageLayout::open(&store.layout_dir())?;
     let mut layers = Vec::with_capacity(image.layers.len());
     for layer in &image.layers {
@@ -116,6 +127,16 @@ fn unpack_image(store: &Store, image: &ResolvedImage, rootfs: &Path) -> Result<(
             blob_verified: false,
         });
     }
+    Ok(layers)
+}
+
+/// Applies the image's layers to a new `rootfs`: the same unpacker, with
+/// the same semantics, as `metalor unpack`.
+fn unpack_image(
+    image: &ResolvedImage,
+    layers: Vec<LayerInput>,
+    rootfs: &Path,
+) -> Result<(), StoreError> {
     unpack_layers_into(rootfs, layers, UnpackOptions::default(), &mut |_, _| {})
         .map(drop)
         .map_err(|source| StoreError::Unpack {

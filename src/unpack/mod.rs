@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod apply;
+pub(crate) mod arriving;
 pub mod decode;
 mod error;
 mod fsops;

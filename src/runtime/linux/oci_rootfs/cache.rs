@@ -77,10 +77,14 @@ pub(super) fn cached_rootfs(
     };
     if entry_is_current(&entry, &identity) {
         share()?;
-        bundle.unpack_layout(&entry.join("layout"))
+        if super::pristine::copy_pristine(&entry, bundle)? {
+            return Ok(());
+        }
+        bundle.unpack_layout(&entry.join("layout"))?;
     } else {
-        refill_entry(&entry, &identity, copy, bundle, share)
+        refill_entry(&entry, &identity, copy, bundle, share)?;
     }
+    super::pristine::keep_pristine(&entry, &lock, bundle)
 }
 
 /// Upstream's reuse rule: `layout/index.json` exists and `reference.txt`

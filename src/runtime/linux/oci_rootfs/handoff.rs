@@ -5,22 +5,20 @@
 //! thread, applies layer 1 as soon as its blob is in while later layers
 //! still download. Layers are applied strictly in manifest order; the
 //! config (for the diff_ids) comes first. A blob the pull has just
-//! verified is not hashed again, but every diff_id is checked. A reused
-//! cache entry is unpacked as it is, verifying every blob.
+//! verified is not hashed again, but every diff_id is checked. The
+//! overlap itself is [`crate::unpack::arriving`], which the store's cold
+//! path uses too; this file adds upstream's layout, bundle and errors.
 
-use std::collections::HashSet;
-use std::fs::File;
-use std::io::{self, Read};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
 use super::{copy_failed, remove_if_exists, Bundle, IMAGE_REF};
-use crate::oci::registry::{pull, ProgressFn, PullEvent, PullOptions, PullSource};
-use crate::oci::{Digest, ImageLayout, LayoutWriter, Platform};
-use crate::unpack::{unpack_layers_into, LayerInput, UnpackOptions};
+use crate::oci::registry::{pull, ProgressFn, PullOptions, PullSource};
+use crate::oci::{ImageLayout, LayoutWriter, Platform};
+use crate::unpack::arriving::{pull_while_unpacking, Arriving};
+use crate::unpack::{unpack_layers_into, UnpackOptions};
 
 /// One image to copy: upstream's `skopeo copy --multi-arch system
 /// [--override-arch A] SRC oci:LAYOUT:image`, done in-process.
@@ -65,16 +63,12 @@ impl Copy<'_> {
             let _ = remove_if_exists(dir);
             return Err(err);
         }
-        let arrivals = Arc::new(Arrivals::default());
         let rootfs = bundle.rootfs();
-        let (copied, unpacked) = std::thread::scope(|scope| {
-            let unpacker = scope.spawn(|| unpack_arriving(&layout, &arrivals, &rootfs));
-            let copied = arrivals
-                .watch(|progress| self.copy_into(dir, shown, progress))
-                .and_then(|()| commit());
-            (copied, unpacker.join())
-        });
-        let unpacked = unpacked.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let (copied, unpacked) = pull_while_unpacking(
+            layout,
+            |progress| self.copy_into(dir, shown, progress).and_then(|()| commit()),
+            |arriving| unpack_arriving(arriving, &rootfs),
+        );
         if let Err(err) = copied {
             let _ = remove_if_exists(bundle.path);
             return Err(err);
@@ -101,172 +95,13 @@ impl Copy<'_> {
     }
 }
 
-/// Applies the image being copied into `layout` to a new `rootfs`, each
-/// layer as soon as the copy reports its blob, in manifest order.
-fn unpack_arriving(
-    layout: &Arc<ImageLayout>,
-    arrivals: &Arc<Arrivals>,
-    rootfs: &Path,
-) -> Result<()> {
-    let Some(manifest) = arrivals.wait_for(|arrived| arrived.manifest.clone()) else {
+/// Applies the image being copied to a new `rootfs`, each layer as soon
+/// as the copy reports its blob, in manifest order.
+fn unpack_arriving(arriving: &Arriving, rootfs: &Path) -> Result<()> {
+    let Some(image) = arriving.image() else {
         bail!("the copy ended before its manifest and config arrived");
     };
-    let image = layout.resolve_manifest(&manifest.digest, &manifest.media_type, &manifest.bytes)?;
-    let layers = image
-        .layers
-        .iter()
-        .map(|layer| LayerInput {
-            blob: Box::new(ArrivingBlob {
-                layout: Arc::clone(layout),
-                arrivals: Arc::clone(arrivals),
-                digest: layer.digest.clone(),
-                file: None,
-            }),
-            digest: layer.digest.clone(),
-            size: layer.size,
-            diff_id: layer.diff_id.clone(),
-            compression: Some(layer.compression),
-            // The copy verified digest and size before it reported the blob.
-            blob_verified: true,
-        })
-        .collect();
+    let layers = arriving.layers(&image?);
     unpack_layers_into(rootfs, layers, UnpackOptions::default(), &mut |_, _| {})?;
     Ok(())
-}
-
-/// What the copy has put in the layout so far, for the unpacker waiting
-/// on it.
-#[derive(Default)]
-struct Arrivals {
-    state: Mutex<Arrived>,
-    changed: Condvar,
-    /// Set when the copy failed, so that a layer being applied stops at
-    /// its next read instead of at its end.
-    failed: AtomicBool,
-}
-
-#[derive(Default)]
-struct Arrived {
-    manifest: Option<PulledManifest>,
-    /// Blobs in the layout, verified.
-    blobs: HashSet<Digest>,
-    /// The copy is over, done or failed: nothing more arrives.
-    ended: bool,
-}
-
-/// The manifest being copied, as the pull reported it.
-#[derive(Clone)]
-struct PulledManifest {
-    digest: Digest,
-    media_type: String,
-    bytes: Arc<[u8]>,
-}
-
-impl Arrivals {
-    /// Runs `copy` with a pull progress callback that records arrivals
-    /// here, then ends them, also when the copy unwinds, so the unpacker
-    /// never waits for a copy that is gone.
-    fn watch(self: &Arc<Self>, copy: impl FnOnce(ProgressFn) -> Result<()>) -> Result<()> {
-        let mut end = EndOfCopy {
-            arrivals: self,
-            copied: false,
-        };
-        let arrivals = Arc::clone(self);
-        let copied = copy(Arc::new(move |event| arrivals.record(event)));
-        end.copied = copied.is_ok();
-        copied
-    }
-
-    fn record(&self, event: &PullEvent) {
-        match event {
-            PullEvent::BlobDone { digest, .. } => self.update(|arrived| {
-                arrived.blobs.insert(digest.clone());
-            }),
-            PullEvent::Manifest {
-                digest,
-                media_type,
-                bytes,
-            } => self.update(|arrived| {
-                arrived.manifest = Some(PulledManifest {
-                    digest: digest.clone(),
-                    media_type: media_type.clone(),
-                    bytes: Arc::clone(bytes),
-                });
-            }),
-            _ => {}
-        }
-    }
-
-    fn update(&self, change: impl FnOnce(&mut Arrived)) {
-        change(&mut self.lock());
-        self.changed.notify_all();
-    }
-
-    /// Waits until `ready` finds what it wants, or the copy is over
-    /// without it (`None`).
-    fn wait_for<T>(&self, ready: impl Fn(&Arrived) -> Option<T>) -> Option<T> {
-        let arrived = self
-            .changed
-            .wait_while(self.lock(), |arrived| {
-                !arrived.ended && ready(arrived).is_none()
-            })
-            .unwrap_or_else(PoisonError::into_inner);
-        ready(&arrived)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Arrived> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Ends the arrivals when dropped: after the copy, or while it unwinds.
-struct EndOfCopy<'a> {
-    arrivals: &'a Arrivals,
-    copied: bool,
-}
-
-impl Drop for EndOfCopy<'_> {
-    fn drop(&mut self) {
-        if !self.copied {
-            self.arrivals.failed.store(true, Ordering::Relaxed);
-        }
-        self.arrivals.update(|arrived| arrived.ended = true);
-    }
-}
-
-/// A layer blob the copy may still be downloading: the first read waits
-/// until the copy reports it in the layout, verified, then streams it.
-struct ArrivingBlob {
-    layout: Arc<ImageLayout>,
-    arrivals: Arc<Arrivals>,
-    digest: Digest,
-    file: Option<File>,
-}
-
-impl Read for ArrivingBlob {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.arrivals.failed.load(Ordering::Relaxed) {
-            return Err(io::Error::other("the copy failed"));
-        }
-        let file = match &mut self.file {
-            Some(file) => file,
-            None => {
-                let arrived = self
-                    .arrivals
-                    .wait_for(|arrived| arrived.blobs.contains(&self.digest).then_some(()));
-                if arrived.is_none() {
-                    let digest = &self.digest;
-                    return Err(io::Error::other(format!(
-                        "the copy ended without blob {digest}"
-                    )));
-                }
-                let file = self
-                    .layout
-                    .open_blob(&self.digest)
-                    .map_err(io::Error::other)?;
-                self.file.insert(file)
-            }
-        };
-        file.read(buf)
-    }
 }

@@ -9,10 +9,15 @@
 //!   are kept, which get `docker://`);
 //! - [`cache`]: cache entries, their key, their `flock` and their refill;
 //! - [`handoff`]: the copy, with each layer handed to the unpacker as soon
-//!   as its blob is in the layout.
+//!   as its blob is in the layout;
+//! - [`pristine`] and [`clone`]: the unpacked tree kept in a cache entry,
+//!   and the fd copy of it that a cache hit gets instead of a second
+//!   decompression.
 
 mod cache;
+mod clone;
 mod handoff;
+mod pristine;
 mod reference;
 
 use std::fs;
