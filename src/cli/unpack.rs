@@ -48,17 +48,7 @@ pub fn run(args: &UnpackArgs) -> anyhow::Result<()> {
     let image = layout
         .resolve(source.reference.as_deref(), &platform)
         .with_context(|| format!("resolve image {}", args.image))?;
-    let mut layers = Vec::with_capacity(image.layers.len());
-    for layer in &image.layers {
-        layers.push(LayerInput {
-            blob: Box::new(layout.open_blob(&layer.digest)?),
-            digest: layer.digest.clone(),
-            size: layer.size,
-            diff_id: layer.diff_id.clone(),
-            compression: Some(layer.compression),
-            blob_verified: false,
-        });
-    }
+    let layers = LayerInput::from_layout(&layout, &image)?;
     let options = UnpackOptions {
         max_bytes: args.max_bytes,
         max_entries: args.max_entries,

@@ -116,18 +116,7 @@ fn make_tree(
 /// diff_id is verified as it is unpacked.
 fn layout_layers(store: &Store, image: &ResolvedImage) -> Result<Vec<LayerInput>, StoreError> {
     let layout = ImageLayout::open(&store.layout_dir())?;
-    let mut layers = Vec::with_capacity(image.layers.len());
-    for layer in &image.layers {
-        layers.push(LayerInput {
-            blob: Box::new(layout.open_blob(&layer.digest)?),
-            digest: layer.digest.clone(),
-            size: layer.size,
-            diff_id: layer.diff_id.clone(),
-            compression: Some(layer.compression),
-            blob_verified: false,
-        });
-    }
-    Ok(layers)
+    Ok(LayerInput::from_layout(&layout, image)?)
 }
 
 /// Applies the image's layers to a new `rootfs`: the same unpacker, with

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use super::apply::Applier;
 use super::decode::{self, Compression, Rewound};
 use super::error::UnpackError;
-use crate::oci::{Digest, DigestHasher};
+use crate::oci::{Digest, DigestHasher, ImageLayout, OciError, ResolvedImage};
 
 const CHUNK: usize = 1024 * 1024;
 /// Chunks queued to the applier and to the hasher. Eight rather than four
@@ -46,6 +46,29 @@ pub struct LayerInput {
     /// counted against `size`, and the diff_id of the uncompressed stream
     /// is always checked. `false` for a blob read from an existing layout.
     pub blob_verified: bool,
+}
+
+impl LayerInput {
+    /// Every layer of `image`, read from `layout`: each blob is hashed and
+    /// size-checked as it streams, and each diff_id is checked, so a layout
+    /// that changed since it was resolved cannot slip a layer past.
+    pub fn from_layout(
+        layout: &ImageLayout,
+        image: &ResolvedImage,
+    ) -> Result<Vec<LayerInput>, OciError> {
+        let mut layers = Vec::with_capacity(image.layers.len());
+        for layer in &image.layers {
+            layers.push(LayerInput {
+                blob: Box::new(layout.open_blob(&layer.digest)?),
+                digest: layer.digest.clone(),
+                size: layer.size,
+                diff_id: layer.diff_id.clone(),
+                compression: Some(layer.compression),
+                blob_verified: false,
+            });
+        }
+        Ok(layers)
+    }
 }
 
 /// Decoder to applier.

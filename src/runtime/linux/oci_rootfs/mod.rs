@@ -211,17 +211,7 @@ impl Bundle<'_> {
 fn unpack_image(layout: &Path, platform: &Platform, rootfs: &Path) -> Result<()> {
     let image_layout = ImageLayout::open(layout)?;
     let image = image_layout.resolve(Some(IMAGE_REF), platform)?;
-    let mut layers = Vec::with_capacity(image.layers.len());
-    for layer in &image.layers {
-        layers.push(LayerInput {
-            blob: Box::new(image_layout.open_blob(&layer.digest)?),
-            digest: layer.digest.clone(),
-            size: layer.size,
-            diff_id: layer.diff_id.clone(),
-            compression: Some(layer.compression),
-            blob_verified: false,
-        });
-    }
+    let layers = LayerInput::from_layout(&image_layout, &image)?;
     unpack_layers_into(rootfs, layers, UnpackOptions::default(), &mut |_, _| {})?;
     Ok(())
 }
