@@ -17,8 +17,11 @@
 //! the layers before the pull ends (`prepare_oci_rootfs` applies layer 1
 //! while later layers still download).
 //!
-//! Only this module is async (`oci-client` on `tokio`); [`pull`] bridges it
+//! Only this module is async (`reqwest` on `tokio`); [`pull`] bridges it
 //! onto a current-thread runtime in one place, so callers stay synchronous.
+//! The HTTP is reqwest's, not oci-client's, because a pull has to read
+//! `Retry-After`, `Content-Range` and `Content-Length`, and bound every body
+//! it reads before verifying it, and oci-client 0.18 exposes none of that.
 
 pub mod auth;
 mod blob;
