@@ -15,6 +15,8 @@ pub mod cleanup;
 #[cfg(target_os = "linux")]
 pub mod oci;
 pub mod parser;
+#[cfg(target_os = "linux")]
+pub mod repack;
 pub mod runtime;
 #[cfg(target_os = "linux")]
 pub mod store;

@@ -8,6 +8,7 @@ mod inspect;
 mod progress;
 mod prune;
 mod pull;
+mod repack;
 mod rmi;
 mod run;
 mod run_image;
@@ -42,6 +43,9 @@ enum Verb {
     Rmi(rmi::RmiArgs),
     /// Free the store's blobs, trees and partials that no reference needs.
     Prune(prune::PruneArgs),
+    /// Turn a changed rootfs or an overlay upper dir into a new layer and
+    /// image in the layout.
+    Repack(repack::RepackArgs),
 }
 
 /// A hidden verb: its arguments after the verb name, to its exit code.
@@ -78,6 +82,7 @@ pub fn main() -> i32 {
                 Verb::Images(args) => images::run(args).map(|()| 0),
                 Verb::Rmi(args) => rmi::run(args).map(|()| 0),
                 Verb::Prune(args) => prune::run(args).map(|()| 0),
+                Verb::Repack(args) => repack::run(args).map(|()| 0),
             }
         }
     };

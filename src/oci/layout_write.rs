@@ -252,6 +252,23 @@ impl LayoutWriter {
         writer.commit()
     }
 
+    /// Starts a blob whose digest is known only once it is written (a
+    /// layer being created): a private temp file in `blobs/sha256`, locked
+    /// like every temp file and removed if the [`NewBlob`] is dropped
+    /// before [`NewBlob::commit`].
+    pub fn begin_new_blob(&self) -> Result<NewBlob, OciError> {
+        let dir = self.dir.join("blobs/sha256");
+        let tmp = dir.join(tmp_name("new"));
+        let guard = TempGuard::new(&tmp);
+        let file = create_locked(&tmp).map_err(|e| io_err("create temp blob", &tmp, e))?;
+        Ok(NewBlob {
+            file: Some(file),
+            tmp,
+            dir,
+            _interrupt_guard: guard,
+        })
+    }
+
     /// Takes the layout's exclusive lock (blocking until it is free).
     pub fn lock(&self) -> Result<LayoutLock, OciError> {
         let path = self.dir.join(LOCK_FILE);
@@ -626,6 +643,45 @@ impl Drop for BlobWriter {
         // An empty partial saves nothing; removing it under the lock we
         // still hold is safe.
         if unfinished && (!self.partial || self.count == 0) {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// A blob being created by this process, named once its digest is known
+/// (see [`LayoutWriter::begin_new_blob`]).
+#[derive(Debug)]
+pub struct NewBlob {
+    file: Option<File>,
+    tmp: PathBuf,
+    dir: PathBuf,
+    _interrupt_guard: TempGuard,
+}
+
+impl NewBlob {
+    /// The temp file to write the blob's bytes into.
+    pub fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("file present until commit")
+    }
+
+    /// Fsyncs the file and renames it to `digest`, which the caller
+    /// computed over exactly the bytes it wrote (a sha256 digest).
+    pub fn commit(mut self, digest: &Digest) -> Result<(), OciError> {
+        let file = self.file.take().expect("file present until commit");
+        file.sync_all()
+            .map_err(|e| io_err("sync blob", &self.tmp, e))?;
+        let dest = self.dir.join(digest.hex());
+        if let Err(e) = fs::rename(&self.tmp, &dest) {
+            let _ = fs::remove_file(&self.tmp);
+            return Err(io_err("rename blob", &dest, e));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NewBlob {
+    fn drop(&mut self) {
+        if self.file.is_some() {
             let _ = fs::remove_file(&self.tmp);
         }
     }

@@ -26,7 +26,7 @@ pub use select::{fuzz_document, fuzz_walk};
 pub use digest::{Digest, DigestHasher, DigestVerifier};
 pub use error::OciError;
 pub use layout::{ImageLayout, LayerDescriptor, ResolvedImage};
-pub use layout_write::{LayoutWriter, RefTarget};
+pub use layout_write::{LayoutWriter, NewBlob, RefTarget};
 pub use media::{Compression, DocumentKind};
 pub use platform::{normalize_arch_name, oci_arch_name, Platform};
 pub use reference::{named_transport, LayoutRef, SKOPEO_TRANSPORTS};

@@ -20,6 +20,8 @@ mod sparse;
 mod stage;
 
 pub use apply::{Applier, Privileges};
+pub(crate) use apply::{image_xattr, XATTR_PREFIX};
+pub(crate) use path::{classify as classify_name, normalize as normalize_name, Whiteout};
 pub use error::UnpackError;
 pub use pipeline::{apply_layers, LayerInput};
 pub use stage::{unpack_layers_into, StagedUnpackError};

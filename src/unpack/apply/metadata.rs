@@ -47,7 +47,7 @@ use crate::unpack::error::{io_error, UnpackError};
 use crate::unpack::fsops;
 
 /// The PAX record prefix GNU tar and bsdtar use for extended attributes.
-pub(super) const XATTR_PREFIX: &str = "SCHILY.xattr.";
+pub(crate) const XATTR_PREFIX: &str = "SCHILY.xattr.";
 
 impl Applier<'_> {
     /// A `./` entry sets the rootfs directory's owner and mode, as umoci
@@ -119,7 +119,7 @@ impl Applier<'_> {
 }
 
 /// Whether a layer may set the xattr `name`: the rule in the module docs.
-pub(super) fn image_xattr(name: &[u8]) -> bool {
+pub(crate) fn image_xattr(name: &[u8]) -> bool {
     let Some(dot) = name.iter().position(|&b| b == b'.') else {
         return false;
     };

@@ -16,6 +16,8 @@ mod special;
 mod symlink;
 mod whiteout;
 
+pub(crate) use metadata::{image_xattr, XATTR_PREFIX};
+
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::io::{self, Read};
