@@ -129,6 +129,62 @@ fn index_digest(layout: &Path, tag: &str) -> String {
         .unwrap_or_else(|| panic!("no {tag} in index.json"))
 }
 
+/// GNU tar's listing of the manifest's last layer: sorted, the changes
+/// and nothing else, whiteouts and an opaque marker where they belong, the
+/// new name of an old inode a hardlink.
+fn assert_layer_lists(layout: &Path, manifest: &str) {
+    let blob = |digest: &str| layout.join("blobs/sha256").join(&digest["sha256:".len()..]);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(blob(manifest)).unwrap()).unwrap();
+    let layer = manifest["layers"].as_array().unwrap().last().unwrap();
+    assert_eq!(
+        layer["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    let out = support::run(
+        Command::new("tar")
+            .arg("-tvzf")
+            .arg(blob(layer["digest"].as_str().unwrap())),
+    );
+    let listing = String::from_utf8(out.stdout).unwrap();
+    let names: Vec<&str> = listing
+        .lines()
+        .map(|l| l.split_whitespace().nth(5).unwrap())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "entries not sorted:\n{listing}");
+    for want in [
+        ".wh.olddir",
+        "data/.wh.gone",
+        "wiped/.wh..wh..opq",
+        "wiped/fresh",
+        "todir",
+        "new.txt",
+        "etc/conf",
+        "etc/mode",
+        "etc/owned",
+        "etc/tagged",
+        "usr/conf-link",
+    ] {
+        assert!(
+            names.contains(&want),
+            "{want} missing from the layer:\n{listing}"
+        );
+    }
+    for unchanged in ["etc/link", "usr/bin/tool", "wiped/.wh.old1", "olddir/a"] {
+        assert!(
+            !names.contains(&unchanged),
+            "{unchanged} in the layer:\n{listing}"
+        );
+    }
+    assert!(
+        listing.contains("data/kept-link link to data/kept")
+            || listing.contains("data/kept link to data/kept-link"),
+        "no hardlink entry:\n{listing}"
+    );
+}
+
 #[test]
 fn rootfs_changes_repack_to_what_umoci_unpacks() {
     let test = "rootfs_changes_repack_to_what_umoci_unpacks";
@@ -146,6 +202,7 @@ fn rootfs_changes_repack_to_what_umoci_unpacks() {
     assert_eq!(index_digest(&layout, "changed"), first);
     assert_eq!(index_digest(&layout, "base"), base_digest, "base ref moved");
     assert_unpacks_to(test, &layout, "changed", &rootfs);
+    assert_layer_lists(&layout, &first);
 
     // Reproducible: the same tree and SOURCE_DATE_EPOCH give the same image.
     let again = repack_ok(&layout, &rootfs_arg, "again", Some("1700000000"));
@@ -184,7 +241,10 @@ fn hash_finds_a_content_change_that_keeps_size_and_mtime() {
     metalor_unpack(&layout, "plain", &plain);
     metalor_unpack(&layout, "hashed", &with_hash);
     assert_eq!(fs::read(plain.join("etc/conf")).unwrap(), b"setting=1\n");
-    assert_eq!(fs::read(with_hash.join("etc/conf")).unwrap(), b"setting=9\n");
+    assert_eq!(
+        fs::read(with_hash.join("etc/conf")).unwrap(),
+        b"setting=9\n"
+    );
 }
 
 /// Mounts an overlay of `lower` with `upper` on `merged`.
@@ -218,7 +278,11 @@ fn overlay_upper_repacks_to_the_merged_view() {
     mount_overlay(&lower, &upper, &work, &merged);
     change_rootfs(&merged);
     let view = tmp.path().join("view");
-    let copied = Command::new("cp").arg("-a").arg(&merged).arg(&view).status();
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(&merged)
+        .arg(&view)
+        .status();
     let unmounted = rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::empty());
     assert!(copied.unwrap().success(), "copy the merged view");
     unmounted.unwrap();
@@ -237,15 +301,26 @@ fn upper_with_a_redirect_is_refused_naming_path_and_xattr() {
     let layout = base_layout(tmp.path());
     let upper = tmp.path().join("upper");
     fs::create_dir_all(upper.join("etc/moved")).unwrap();
-    set_xattr(&upper.join("etc/moved"), "trusted.overlay.redirect", b"/olddir");
-    let out = repack(&layout, &["--upper".as_ref(), upper.as_os_str()], "bad", None);
+    set_xattr(
+        &upper.join("etc/moved"),
+        "trusted.overlay.redirect",
+        b"/olddir",
+    );
+    let out = repack(
+        &layout,
+        &["--upper".as_ref(), upper.as_os_str()],
+        "bad",
+        None,
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("etc/moved") && stderr.contains("trusted.overlay.redirect"),
         "{stderr}"
     );
-    assert!(!fs::read_to_string(layout.join("index.json")).unwrap().contains("\"bad\""));
+    assert!(!fs::read_to_string(layout.join("index.json"))
+        .unwrap()
+        .contains("\"bad\""));
 }
 
 #[test]
@@ -267,11 +342,57 @@ fn unrepresentable_names_are_refused_naming_the_path() {
     let out = repack(&layout, &arg, "bad", None);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("data/bad-") && stderr.contains("UTF-8"), "{stderr}");
+    assert!(
+        stderr.contains("data/bad-") && stderr.contains("UTF-8"),
+        "{stderr}"
+    );
     let leftovers: Vec<_> = fs::read_dir(layout.join("blobs/sha256"))
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().as_bytes().starts_with(b".tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "temp blobs left: {leftovers:?}");
+}
+
+/// The demo fixture writes `bin/hello` through `bin -> usr/bin`: the
+/// header scan must resolve that as unpack did, or the untouched file
+/// would show up as deleted and added.
+#[test]
+fn an_untouched_rootfs_of_a_dirlink_image_adds_no_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("demo");
+    support::run(
+        Command::new("cp")
+            .arg("-a")
+            .arg(support::fixtures_dir().join("demo"))
+            .arg(&layout),
+    );
+    let rootfs = tmp.path().join("rootfs");
+    metalor_unpack(&layout, "latest", &rootfs);
+    let mut cmd = metalor();
+    cmd.args(["repack", "--quiet", "--image"])
+        .arg(format!("{}:latest", layout.display()))
+        .arg("--rootfs")
+        .arg(&rootfs)
+        .args(["--tag", "same"]);
+    let manifest = String::from_utf8(support::run(&mut cmd).stdout).unwrap();
+    let blob = |digest: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(&digest.trim()["sha256:".len()..])
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(blob(&manifest)).unwrap()).unwrap();
+    let layer = manifest["layers"].as_array().unwrap().last().unwrap();
+    let out = support::run(
+        Command::new("tar")
+            .arg("-tvzf")
+            .arg(blob(layer["digest"].as_str().unwrap())),
+    );
+    let listing = String::from_utf8(out.stdout).unwrap();
+    let files: Vec<&str> = listing.lines().filter(|l| !l.starts_with('d')).collect();
+    assert!(
+        files.is_empty(),
+        "an untouched tree gave entries:\n{listing}"
+    );
 }

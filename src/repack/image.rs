@@ -20,7 +20,10 @@ pub(crate) fn check_compression(
         return Err(image_err(
             "manifest",
             &image.manifest_digest,
-            format!("a Docker manifest cannot declare a {} layer", compression.name()),
+            format!(
+                "a Docker manifest cannot declare a {} layer",
+                compression.name()
+            ),
         ));
     }
     Ok(())
@@ -47,7 +50,9 @@ pub(crate) fn new_config(
     let bad = |reason: &str| image_err("config", &image.config_digest, reason.to_owned());
     let mut config: Value =
         serde_json::from_slice(&image.config_bytes).map_err(|e| bad(&e.to_string()))?;
-    let object = config.as_object_mut().ok_or_else(|| bad("not a JSON object"))?;
+    let object = config
+        .as_object_mut()
+        .ok_or_else(|| bad("not a JSON object"))?;
     object.insert("created".into(), json!(created));
     let rootfs = object
         .entry("rootfs")

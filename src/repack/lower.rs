@@ -13,7 +13,9 @@ use super::error::RepackError;
 use super::node::{join, split, Kind, Node};
 use crate::oci::{Digest, ImageLayout, ResolvedImage};
 use crate::unpack::decode::{self, Rewound};
-use crate::unpack::{classify_name, image_xattr, normalize_name, UnpackError, Whiteout, XATTR_PREFIX};
+use crate::unpack::{
+    classify_name, image_xattr, normalize_name, UnpackError, Whiteout, XATTR_PREFIX,
+};
 
 /// A path of the image: its node and, when the scan hashed, the sha256 of
 /// its content.
@@ -67,10 +69,11 @@ impl LowerTree {
             let mut entry = entry.map_err(UnpackError::Stream)?;
             let raw = entry.path_bytes().into_owned();
             let path = normalize_name(&raw).map_err(|_| hostile(&raw, "bad member name"))?;
-            let (parent, name) = split(&path);
-            if name.is_empty() {
+            if path.is_empty() {
                 continue;
             }
+            let path = self.resolve_parent(&path);
+            let (parent, name) = split(&path);
             match classify_name(name) {
                 Whiteout::None => {}
                 Whiteout::AufsMeta => continue,
@@ -147,7 +150,7 @@ impl LowerTree {
     ) -> Result<LowerNode, UnpackError> {
         let target = link_name(entry, raw)?;
         let target = normalize_name(&target).map_err(|_| hostile(raw, "bad hardlink target"))?;
-        match self.nodes.get(&target) {
+        match self.nodes.get(&self.resolve_parent(&target)) {
             Some(lower) if lower.node.kind != Kind::Dir => Ok(lower.clone()),
             _ => Err(hostile(raw, "hardlink target does not exist in the rootfs")),
         }
@@ -169,22 +172,47 @@ impl LowerTree {
 
     /// Whether the symlink at `path` resolves to a directory of the tree.
     fn is_dir_link(&self, path: &[u8]) -> bool {
-        let mut at = path.to_vec();
-        for _ in 0..40 {
-            match self.nodes.get(&at).map(|l| &l.node.kind) {
-                Some(Kind::Dir) => return true,
-                Some(Kind::Symlink(target)) => {
-                    let base = if target.starts_with(b"/") { &[][..] } else { split(&at).0 };
-                    match normalize_name(&join(base, target)) {
-                        Ok(next) if !next.is_empty() => at = next,
-                        Ok(_) => return true,
-                        Err(_) => return false,
-                    }
-                }
-                _ => return false,
-            }
+        let resolved = self.follow(path.to_vec());
+        resolved.is_empty() || matches!(self.kind(&resolved), Some(Kind::Dir))
+    }
+
+    fn kind(&self, path: &[u8]) -> Option<&Kind> {
+        self.nodes.get(path).map(|l| &l.node.kind)
+    }
+
+    /// `path` with its parent directories resolved through the tree's
+    /// symlinks, inside the root, as the applier's `RESOLVE_IN_ROOT` walk
+    /// does: a layer that writes `bin/sh` over `bin -> usr/bin` puts it at
+    /// `usr/bin/sh`. Most paths have a real directory as parent and are
+    /// returned as they are.
+    fn resolve_parent(&self, path: &[u8]) -> Vec<u8> {
+        let (parent, name) = split(path);
+        if parent.is_empty() || matches!(self.kind(parent), Some(Kind::Dir)) {
+            return path.to_vec();
         }
-        false
+        let mut at = Vec::new();
+        for component in parent.split(|&b| b == b'/') {
+            at = self.follow(join(&at, component));
+        }
+        join(&at, name)
+    }
+
+    /// Follows `path` while it names a symlink (40 hops at most, as the
+    /// kernel allows), each target taken from the link's directory, or the
+    /// root for an absolute one, and kept inside the root.
+    fn follow(&self, mut path: Vec<u8>) -> Vec<u8> {
+        for _ in 0..40 {
+            let Some(Kind::Symlink(target)) = self.kind(&path) else {
+                return path;
+            };
+            let base = if target.starts_with(b"/") {
+                Vec::new()
+            } else {
+                split(&path).0.to_vec()
+            };
+            path = in_root(&base, target);
+        }
+        path
     }
 
     /// Removes everything below `dir` except paths in `keep`.
@@ -211,6 +239,25 @@ impl LowerTree {
             .next()
             .is_some_and(|(k, _)| k.starts_with(&prefix))
     }
+}
+
+/// `target` taken from directory `base`, with `.` and `..` folded and
+/// `..` stopping at the root (a symlink cannot point out of the tree).
+fn in_root(base: &[u8], target: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = base
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    for component in target.split(|&b| b == b'/') {
+        match component {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.join(&b'/')
 }
 
 /// The prefix every path below `dir` starts with (`""` for the root).
@@ -243,15 +290,23 @@ fn link_name<R: Read>(entry: &tar::Entry<'_, R>, raw: &[u8]) -> Result<Vec<u8>, 
 }
 
 fn dev_major(header: &tar::Header) -> Result<u32, UnpackError> {
-    Ok(header.device_major().map_err(UnpackError::Stream)?.unwrap_or(0))
+    Ok(header
+        .device_major()
+        .map_err(UnpackError::Stream)?
+        .unwrap_or(0))
 }
 
 fn dev_minor(header: &tar::Header) -> Result<u32, UnpackError> {
-    Ok(header.device_minor().map_err(UnpackError::Stream)?.unwrap_or(0))
+    Ok(header
+        .device_minor()
+        .map_err(UnpackError::Stream)?
+        .unwrap_or(0))
 }
 
 /// The entry's PAX xattrs that the applier would set, sorted by name.
-fn entry_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, UnpackError> {
+fn entry_xattrs<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, UnpackError> {
     let mut out = Vec::new();
     let Some(extensions) = entry.pax_extensions().map_err(UnpackError::Stream)? else {
         return Ok(out);

@@ -91,7 +91,12 @@ pub(crate) fn node_from_disk(
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 ) -> Result<Node, RepackError> {
     let ft = meta.file_type();
-    let dev = || (rustix::fs::major(meta.rdev()), rustix::fs::minor(meta.rdev()));
+    let dev = || {
+        (
+            rustix::fs::major(meta.rdev()),
+            rustix::fs::minor(meta.rdev()),
+        )
+    };
     let kind = if ft.is_file() {
         Kind::File
     } else if ft.is_dir() {

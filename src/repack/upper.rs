@@ -16,8 +16,8 @@ use std::path::Path;
 
 use super::error::{io_err, RepackError};
 use super::node::{
-    disk_path, join, link_groups, node_from_disk, note_inode, read_xattrs, sorted_children,
-    Change, Inodes, Item, Kind,
+    disk_path, join, link_groups, node_from_disk, note_inode, read_xattrs, sorted_children, Change,
+    Inodes, Item, Kind,
 };
 use crate::unpack::image_xattr;
 
@@ -130,10 +130,19 @@ mod tests {
     fn overlay_xattrs_are_read_or_refused() {
         let opaque = [xattr("trusted.overlay.opaque", "y"), xattr("user.a", "b")];
         assert!(overlay_marks(b"d", &opaque).unwrap().opaque);
-        let books = [xattr("trusted.overlay.origin", "x"), xattr("user.overlay.impure", "y")];
+        let books = [
+            xattr("trusted.overlay.origin", "x"),
+            xattr("user.overlay.impure", "y"),
+        ];
         assert_eq!(overlay_marks(b"d", &books).unwrap(), Marks::default());
-        for bad in ["trusted.overlay.redirect", "user.overlay.metacopy", "trusted.overlay.zzz"] {
-            let err = overlay_marks(b"a/b", &[xattr(bad, "")]).unwrap_err().to_string();
+        for bad in [
+            "trusted.overlay.redirect",
+            "user.overlay.metacopy",
+            "trusted.overlay.zzz",
+        ] {
+            let err = overlay_marks(b"a/b", &[xattr(bad, "")])
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("a/b") && err.contains(bad), "{err}");
         }
         let err = overlay_marks(b"d", &[xattr("trusted.overlay.opaque", "x")]).unwrap_err();

@@ -71,7 +71,11 @@ fn stream_layer(
 }
 
 fn sha256_digest(hasher: Sha256) -> Digest {
-    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Digest::parse(&format!("sha256:{hex}")).expect("a sha256 hex digest is valid")
 }
 
@@ -163,8 +167,12 @@ fn set_node(
     header.set_entry_type(kind);
     header.set_mode(node.mode);
     let mtime = clamp.map_or(node.mtime, |epoch| node.mtime.min(epoch));
-    set_number(pax, "uid", u64::from(node.uid), MAX_ID, |v| header.set_uid(v));
-    set_number(pax, "gid", u64::from(node.gid), MAX_ID, |v| header.set_gid(v));
+    set_number(pax, "uid", u64::from(node.uid), MAX_ID, |v| {
+        header.set_uid(v)
+    });
+    set_number(pax, "gid", u64::from(node.gid), MAX_ID, |v| {
+        header.set_gid(v)
+    });
     set_number(pax, "size", size, MAX_OCTAL12, |v| header.set_size(v));
     set_number(pax, "mtime", mtime, MAX_OCTAL12, |v| header.set_mtime(v));
     for (name, value) in &node.xattrs {
@@ -248,7 +256,11 @@ fn lossy(path: &[u8]) -> String {
 /// A path a tar reader would read back as written: UTF-8 (PAX records
 /// are), and no component a reader would take for a whiteout.
 fn check_name(path: &[u8]) -> Result<(), RepackError> {
-    check_utf8(path, path, "the name is not UTF-8, which PAX records cannot carry")?;
+    check_utf8(
+        path,
+        path,
+        "the name is not UTF-8, which PAX records cannot carry",
+    )?;
     if path.split(|&b| b == b'/').any(|c| c.starts_with(b".wh.")) {
         return Err(RepackError::Unrepresentable {
             path: String::from_utf8_lossy(path).into_owned(),
@@ -330,9 +342,10 @@ impl<W: Write> Compressor<W> {
     fn new(kind: Compression, inner: W) -> io::Result<Self> {
         Ok(match kind {
             Compression::None => Compressor::Plain(inner),
-            Compression::Gzip => {
-                Compressor::Gzip(flate2::write::GzEncoder::new(inner, flate2::Compression::default()))
-            }
+            Compression::Gzip => Compressor::Gzip(flate2::write::GzEncoder::new(
+                inner,
+                flate2::Compression::default(),
+            )),
             Compression::Zstd => Compressor::Zstd(zstd::stream::write::Encoder::new(inner, 3)?),
         })
     }

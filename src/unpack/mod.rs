@@ -19,10 +19,10 @@ mod pipeline;
 mod sparse;
 mod stage;
 
-pub use apply::{Applier, Privileges};
 pub(crate) use apply::{image_xattr, XATTR_PREFIX};
-pub(crate) use path::{classify as classify_name, normalize as normalize_name, Whiteout};
+pub use apply::{Applier, Privileges};
 pub use error::UnpackError;
+pub(crate) use path::{classify as classify_name, normalize as normalize_name, Whiteout};
 pub use pipeline::{apply_layers, LayerInput};
 pub use stage::{unpack_layers_into, StagedUnpackError};
 
