@@ -13,7 +13,7 @@ use super::error::{io_err, RepackError};
 use super::lower::{LowerNode, LowerTree};
 use super::node::{
     disk_path, join, link_groups, node_from_disk, note_inode, read_xattrs, sorted_children, split,
-    Change, Inodes, Item, Kind, Node,
+    Change, Inodes, Item, Kind, Node, Xattrs,
 };
 use crate::unpack::image_xattr;
 
@@ -153,7 +153,7 @@ fn put_item(root: &Path, path: &[u8]) -> Result<Item, RepackError> {
 
 /// The xattrs of a rootfs path that are image content (the applier's
 /// rule): what a layer could have set there.
-fn image_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RepackError> {
+fn image_xattrs(path: &Path) -> Result<Xattrs, RepackError> {
     let mut xattrs = read_xattrs(path)?;
     xattrs.retain(|(name, _)| image_xattr(name));
     Ok(xattrs)

@@ -10,7 +10,7 @@ use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
 use super::error::RepackError;
-use super::node::{join, split, Kind, Node};
+use super::node::{join, split, Kind, Node, Xattrs};
 use crate::oci::{Digest, ImageLayout, ResolvedImage};
 use crate::unpack::decode::{self, Rewound};
 use crate::unpack::{
@@ -304,9 +304,7 @@ fn dev_minor(header: &tar::Header) -> Result<u32, UnpackError> {
 }
 
 /// The entry's PAX xattrs that the applier would set, sorted by name.
-fn entry_xattrs<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, UnpackError> {
+fn entry_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Xattrs, UnpackError> {
     let mut out = Vec::new();
     let Some(extensions) = entry.pax_extensions().map_err(UnpackError::Stream)? else {
         return Ok(out);

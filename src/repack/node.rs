@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 use super::error::{io_err, RepackError};
 
+/// Extended attributes as (name, value), sorted by name.
+pub(crate) type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A node's type, with what only that type has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -30,7 +33,7 @@ pub(crate) struct Node {
     pub gid: u32,
     pub size: u64,
     pub mtime: u64,
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub xattrs: Xattrs,
 }
 
 /// What the layer says about one path.
@@ -88,7 +91,7 @@ pub(crate) fn split(path: &[u8]) -> (&[u8], &[u8]) {
 pub(crate) fn node_from_disk(
     path: &Path,
     meta: &Metadata,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    xattrs: Xattrs,
 ) -> Result<Node, RepackError> {
     let ft = meta.file_type();
     let dev = || {
@@ -131,7 +134,7 @@ pub(crate) fn node_from_disk(
 
 /// Every xattr of `path` (not following a symlink), sorted by name. A
 /// filesystem without xattr support has none.
-pub(crate) fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RepackError> {
+pub(crate) fn read_xattrs(path: &Path) -> Result<Xattrs, RepackError> {
     let err = |e: rustix::io::Errno| io_err("list xattrs of", path, e.into());
     let mut names = vec![0u8; 1024];
     let len = loop {

@@ -3,7 +3,8 @@
 //! A char device 0/0 is a whiteout; a directory with `overlay.opaque=y`
 //! (under `trusted.` or, for a `userxattr` mount, `user.`) hides its lower
 //! content; a regular file with `overlay.whiteout` is a whiteout too (the
-//! xattr form kernels from 6.7 use inside containers). Every other entry
+//! xattr form kernels from 6.7 use inside containers, in a directory
+//! marked `overlay.opaque=x`, which is not opaque). Every other entry
 //! is added as it is. The other overlay xattrs either only keep overlay's
 //! own books (`origin`, `impure`, `nlink`, `uuid`: dropped) or change what
 //! a path means (`redirect`: the directory's lower content lives
@@ -105,6 +106,8 @@ fn overlay_marks(path: &[u8], xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<Marks, Re
         };
         match key {
             b"opaque" if value.as_slice() == b"y" => marks.opaque = true,
+            // Not opaque: the directory holds xattr whiteouts (below).
+            b"opaque" if value.as_slice() == b"x" => {}
             b"whiteout" => marks.whiteout = true,
             key if BOOKKEEPING.contains(&key) => {}
             _ => {
@@ -145,7 +148,14 @@ mod tests {
                 .to_string();
             assert!(err.contains("a/b") && err.contains(bad), "{err}");
         }
-        let err = overlay_marks(b"d", &[xattr("trusted.overlay.opaque", "x")]).unwrap_err();
+        let dir_of_whiteouts = [xattr("trusted.overlay.opaque", "x")];
+        assert_eq!(
+            overlay_marks(b"d", &dir_of_whiteouts).unwrap(),
+            Marks::default()
+        );
+        let whiteout = [xattr("user.overlay.whiteout", "")];
+        assert!(overlay_marks(b"d/f", &whiteout).unwrap().whiteout);
+        let err = overlay_marks(b"d", &[xattr("trusted.overlay.opaque", "z")]).unwrap_err();
         assert!(err.to_string().contains("trusted.overlay.opaque"));
     }
 }

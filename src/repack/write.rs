@@ -86,33 +86,7 @@ fn append_item<W: Write>(
     item: &Item,
     clamp: Option<u64>,
 ) -> Result<(), RepackError> {
-    check_name(&item.path)?;
-    let name = item.tar_name();
-    let mut pax = Vec::new();
-    let mut header = Header::new_ustar();
-    match &item.change {
-        Change::Whiteout | Change::Opaque => {
-            header.set_entry_type(EntryType::Regular);
-            header.set_mode(0o644);
-            header.set_size(0);
-            header.set_mtime(0);
-        }
-        Change::Link { target } => {
-            check_name(target)?;
-            header.set_entry_type(EntryType::Link);
-            header.set_mode(0o644);
-            header.set_mtime(0);
-            header.set_size(0);
-            set_link(&mut header, &mut pax, target);
-        }
-        Change::Put { node, .. } => set_node(&mut header, &mut pax, node, &item.path, clamp)?,
-    }
-    let tar_path = match &item.change {
-        Change::Put { node, .. } if node.kind == Kind::Dir => [name.as_slice(), b"/"].concat(),
-        _ => name,
-    };
-    set_name(&mut header, &mut pax, &tar_path);
-    header.set_cksum();
+    let (header, pax) = item_header(item, clamp)?;
     let err = |e| io_err("write layer entry", lossy(&item.path), e);
     if !pax.is_empty() {
         append_pax(tar, &item.path, &pax).map_err(err)?;
@@ -133,6 +107,34 @@ fn append_item<W: Write>(
         }
         _ => tar.append(&header, io::empty()).map_err(err),
     }
+}
+
+/// The item's header, and the PAX records it needs (empty when none).
+fn item_header(item: &Item, clamp: Option<u64>) -> Result<(Header, Vec<u8>), RepackError> {
+    check_name(&item.path)?;
+    let mut pax = Vec::new();
+    let mut header = Header::new_ustar();
+    header.set_mode(0o644);
+    header.set_size(0);
+    header.set_mtime(0);
+    let mut name = item.tar_name();
+    match &item.change {
+        Change::Whiteout | Change::Opaque => header.set_entry_type(EntryType::Regular),
+        Change::Link { target } => {
+            check_name(target)?;
+            header.set_entry_type(EntryType::Link);
+            set_link(&mut header, &mut pax, target);
+        }
+        Change::Put { node, .. } => {
+            set_node(&mut header, &mut pax, node, &item.path, clamp)?;
+            if node.kind == Kind::Dir {
+                name.push(b'/');
+            }
+        }
+    }
+    set_name(&mut header, &mut pax, &name);
+    header.set_cksum();
+    Ok((header, pax))
 }
 
 /// Fills the header from a node; values past the ustar fields go to PAX.
@@ -390,8 +392,8 @@ mod tests {
         let mut out = Vec::new();
         let value = vec![b'a'; 95];
         pax_record(&mut out, b"path", &value);
-        assert_eq!(out.len(), 104);
-        assert!(out.starts_with(b"104 path="));
+        assert_eq!(out.len(), 105);
+        assert!(out.starts_with(b"105 path="));
     }
 
     #[test]
