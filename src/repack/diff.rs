@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
@@ -17,124 +17,148 @@ use super::node::{
 };
 use crate::unpack::image_xattr;
 
-/// The layer items that turn the image's tree into the one at `root`,
-/// sorted by tar name.
-pub(crate) fn diff(root: &Path, lower: &LowerTree, hash: bool) -> Result<Vec<Item>, RepackError> {
-    let mut walk = Walk {
-        root,
-        lower,
-        hash,
-        items: Vec::new(),
-        inodes: Inodes::new(),
-        seen: HashSet::new(),
-        dirs: HashSet::new(),
-        opaque: HashSet::new(),
-    };
-    walk.dir(b"")?;
-    walk.deletions();
-    link_groups(walk.items, &walk.inodes, &mut |path| put_item(root, path))
+/// One path of the rootfs, as the walk found it.
+pub(crate) struct Found {
+    path: Vec<u8>,
+    node: Node,
+    source: PathBuf,
 }
 
-struct Walk<'a> {
-    root: &'a Path,
-    lower: &'a LowerTree,
-    hash: bool,
-    items: Vec<Item>,
+/// The rootfs as the walk found it, in walk order, with its hardlink
+/// groups.
+pub(crate) struct Walked {
+    found: Vec<Found>,
     inodes: Inodes,
-    /// Every path of the rootfs.
-    seen: HashSet<Vec<u8>>,
-    /// The directories of the rootfs.
-    dirs: HashSet<Vec<u8>>,
-    /// Directories written opaque: their lower content needs no whiteouts.
-    opaque: HashSet<Vec<u8>>,
 }
 
-impl Walk<'_> {
-    /// Compares the children of directory `path`, and recurses.
-    fn dir(&mut self, path: &[u8]) -> Result<(), RepackError> {
-        self.dirs.insert(path.to_vec());
-        let mut kept_lower = 0usize;
-        for name in sorted_children(&disk_path(self.root, path))? {
-            let child = join(path, &name);
-            let on_disk = disk_path(self.root, &child);
-            let meta =
-                std::fs::symlink_metadata(&on_disk).map_err(|e| io_err("lstat", &on_disk, e))?;
-            note_inode(&mut self.inodes, &meta, &child);
-            let node = node_from_disk(&on_disk, &meta, image_xattrs(&on_disk)?)?;
-            let lower = self.lower.nodes.get(&child);
-            kept_lower += usize::from(lower.is_some());
-            let changed = match lower {
-                None => true,
-                Some(lower) => self.differs(lower, &node, &on_disk)?,
-            };
-            let is_dir = node.kind == Kind::Dir;
-            if changed {
-                self.items.push(Item {
-                    path: child.clone(),
-                    change: Change::Put {
-                        node,
-                        source: on_disk,
-                    },
-                });
-            }
-            self.seen.insert(child.clone());
-            if is_dir {
-                self.dir(&child)?;
-            }
+/// Walks the rootfs at `root` (`lstat`, `readlink`, `llistxattr` on every
+/// path). Independent of the image, so it runs beside the layer scan.
+pub(crate) fn walk(root: &Path) -> Result<Walked, RepackError> {
+    let mut walked = Walked {
+        found: Vec::new(),
+        inodes: Inodes::new(),
+    };
+    walk_dir(root, b"", &mut walked)?;
+    Ok(walked)
+}
+
+fn walk_dir(root: &Path, path: &[u8], walked: &mut Walked) -> Result<(), RepackError> {
+    for name in sorted_children(&disk_path(root, path))? {
+        let child = join(path, &name);
+        let source = disk_path(root, &child);
+        let meta = std::fs::symlink_metadata(&source).map_err(|e| io_err("lstat", &source, e))?;
+        note_inode(&mut walked.inodes, &meta, &child);
+        let node = node_from_disk(&source, &meta, image_xattrs(&source)?)?;
+        let is_dir = node.kind == Kind::Dir;
+        walked.found.push(Found {
+            path: child.clone(),
+            node,
+            source,
+        });
+        if is_dir {
+            walk_dir(root, &child, walked)?;
         }
-        // A directory none of whose lower content is left was replaced
-        // wholesale (`rm -rf d && mkdir d`): one opaque marker says so.
-        if !path.is_empty() && kept_lower == 0 && self.lower.has_children(path) {
-            self.opaque.insert(path.to_vec());
-            self.items.push(Item {
-                path: path.to_vec(),
-                change: Change::Opaque,
+    }
+    Ok(())
+}
+
+/// The layer items that turn the image's tree into the walked rootfs at
+/// `root`, sorted by tar name.
+pub(crate) fn diff(
+    root: &Path,
+    walked: Walked,
+    lower: &LowerTree,
+    hash: bool,
+) -> Result<Vec<Item>, RepackError> {
+    let mut items = Vec::new();
+    let mut seen = HashSet::with_capacity(walked.found.len());
+    let mut dirs: HashSet<Vec<u8>> = HashSet::from([Vec::new()]);
+    // Directories some of whose lower children are still there.
+    let mut kept: HashSet<Vec<u8>> = HashSet::new();
+    for found in walked.found {
+        let old = lower.nodes.get(&found.path);
+        if old.is_some() {
+            kept.insert(split(&found.path).0.to_vec());
+        }
+        let changed = match old {
+            None => true,
+            Some(old) => differs(old, &found.node, &found.source, hash)?,
+        };
+        seen.insert(found.path.clone());
+        if found.node.kind == Kind::Dir {
+            dirs.insert(found.path.clone());
+        }
+        if changed {
+            items.push(Item {
+                path: found.path,
+                change: Change::Put {
+                    node: found.node,
+                    source: found.source,
+                },
             });
         }
-        Ok(())
     }
+    // A directory none of whose lower content is left was replaced
+    // wholesale (`rm -rf d && mkdir d`): one opaque marker says so.
+    let opaque: HashSet<Vec<u8>> = dirs
+        .iter()
+        .filter(|d| !d.is_empty() && !kept.contains(*d) && lower.has_children(d))
+        .cloned()
+        .collect();
+    items.extend(opaque.iter().map(|d| Item {
+        path: d.clone(),
+        change: Change::Opaque,
+    }));
+    items.extend(deletions(lower, &seen, &dirs, &opaque));
+    link_groups(items, &walked.inodes, &mut |path| put_item(root, path))
+}
 
-    /// Whether the rootfs node differs from the image's.
-    fn differs(&self, lower: &LowerNode, node: &Node, on_disk: &Path) -> Result<bool, RepackError> {
-        let old = &lower.node;
-        if old.kind != node.kind
-            || old.uid != node.uid
-            || old.gid != node.gid
-            || old.mtime != node.mtime
-        {
-            return Ok(true);
-        }
-        // The applier leaves a symlink's mode alone and cannot set its
-        // xattrs, so only its target, owner and mtime say anything.
-        if matches!(node.kind, Kind::Symlink(_)) {
-            return Ok(false);
-        }
-        if old.mode != node.mode || old.size != node.size || old.xattrs != node.xattrs {
-            return Ok(true);
-        }
-        match (&lower.sha256, self.hash && node.kind == Kind::File) {
-            (Some(expected), true) => Ok(hash_file(on_disk)? != *expected),
-            _ => Ok(false),
-        }
+/// Whether the rootfs node differs from the image's.
+fn differs(
+    lower: &LowerNode,
+    node: &Node,
+    on_disk: &Path,
+    hash: bool,
+) -> Result<bool, RepackError> {
+    let old = &lower.node;
+    if old.kind != node.kind
+        || old.uid != node.uid
+        || old.gid != node.gid
+        || old.mtime != node.mtime
+    {
+        return Ok(true);
     }
+    // The applier leaves a symlink's mode alone and cannot set its
+    // xattrs, so only its target, owner and mtime say anything.
+    if matches!(node.kind, Kind::Symlink(_)) {
+        return Ok(false);
+    }
+    if old.mode != node.mode || old.size != node.size || old.xattrs != node.xattrs {
+        return Ok(true);
+    }
+    match (&lower.sha256, hash && node.kind == Kind::File) {
+        (Some(expected), true) => Ok(hash_file(on_disk)? != *expected),
+        _ => Ok(false),
+    }
+}
 
-    /// Whiteouts for the image's paths the rootfs no longer has: only the
-    /// topmost one of a deleted subtree, and none inside an opaque or a
-    /// replaced directory.
-    fn deletions(&mut self) {
-        for path in self.lower.nodes.keys() {
-            if self.seen.contains(path) {
-                continue;
-            }
-            let parent = split(path).0;
-            if self.dirs.contains(parent) && !self.opaque.contains(parent) {
-                self.items.push(Item {
-                    path: path.clone(),
-                    change: Change::Whiteout,
-                });
-            }
-        }
-    }
+/// Whiteouts for the image's paths the rootfs no longer has: only the
+/// topmost one of a deleted subtree, and none inside an opaque or a
+/// replaced directory.
+fn deletions<'a>(
+    lower: &'a LowerTree,
+    seen: &'a HashSet<Vec<u8>>,
+    dirs: &'a HashSet<Vec<u8>>,
+    opaque: &'a HashSet<Vec<u8>>,
+) -> impl Iterator<Item = Item> + 'a {
+    lower.nodes.keys().filter_map(move |path| {
+        let parent = split(path).0;
+        let hidden = !seen.contains(path) && dirs.contains(parent) && !opaque.contains(parent);
+        hidden.then(|| Item {
+            path: path.clone(),
+            change: Change::Whiteout,
+        })
+    })
 }
 
 /// The `Put` item for a rootfs path the walk did not list as changed.

@@ -5,13 +5,15 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::{self, BufReader, Read};
 use std::ops::Bound;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 
 use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
 use super::error::RepackError;
 use super::node::{join, split, Kind, Node, Xattrs};
-use crate::oci::{Digest, ImageLayout, ResolvedImage};
+use crate::oci::{Digest, ImageLayout, LayerDescriptor, ResolvedImage};
 use crate::unpack::decode::{self, Rewound};
 use crate::unpack::{
     classify_name, image_xattr, normalize_name, UnpackError, Whiteout, XATTR_PREFIX,
@@ -32,128 +34,184 @@ pub(crate) struct LowerTree {
     pub nodes: BTreeMap<Vec<u8>, LowerNode>,
 }
 
+/// What one layer entry does to the tree, read without the tree (so
+/// layers can be read in parallel) and applied in layer order.
+enum Op {
+    /// A node at a path (as the layer spells it).
+    Put(Vec<u8>, LowerNode),
+    /// A hardlink at a path to a target path; `raw` names it in errors.
+    Link {
+        path: Vec<u8>,
+        target: Vec<u8>,
+        raw: Vec<u8>,
+    },
+    /// `.wh.NAME`: the path, as spelled.
+    Whiteout(Vec<u8>),
+    /// `.wh..wh..opq` in this directory, as spelled.
+    Opaque(Vec<u8>),
+}
+
 /// Reads every layer of `image` and stacks them into a [`LowerTree`].
-/// With `hash`, each regular file's content is hashed too.
+/// With `hash`, each regular file's content is hashed too. Layers are
+/// decoded on up to as many threads as there are CPUs (decompression is
+/// the cost), and stacked in order as each one is ready.
 pub(crate) fn scan(
     layout: &ImageLayout,
     image: &ResolvedImage,
     hash: bool,
     on_layer: &mut dyn FnMut(usize, usize, &Digest),
 ) -> Result<LowerTree, RepackError> {
-    let mut tree = LowerTree::default();
-    for (i, layer) in image.layers.iter().enumerate() {
-        let blob = BufReader::with_capacity(256 * 1024, layout.open_blob(&layer.digest)?);
-        let scanned = (|| {
-            let (sniffed, rewound) = Rewound::sniff(blob).map_err(UnpackError::Stream)?;
-            let kind = decode::decide(Some(layer.compression), sniffed)?;
-            let reader = decode::decoder(kind, rewound).map_err(UnpackError::Stream)?;
-            tree.add_layer(reader, hash)
-        })();
-        scanned.map_err(|source| RepackError::Layer {
-            digest: layer.digest.clone(),
-            source,
-        })?;
-        on_layer(i, image.layers.len(), &layer.digest);
+    let total = image.layers.len();
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(total);
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = mpsc::channel::<(usize, Result<Vec<Op>, RepackError>)>();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let next = &next;
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(layer) = image.layers.get(i) else {
+                    return;
+                };
+                if tx.send((i, read_layer(layout, layer, hash))).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(tx);
+        let mut tree = LowerTree::default();
+        let mut ready: Vec<Option<Vec<Op>>> = (0..total).map(|_| None).collect();
+        let mut stacked = 0;
+        while stacked < total {
+            let Ok((i, ops)) = rx.recv() else {
+                break;
+            };
+            // Ask the workers to stop at the first error.
+            let ops = ops.inspect_err(|_| next.store(total, Ordering::Relaxed))?;
+            ready[i] = Some(ops);
+            while let Some(ops) = ready.get_mut(stacked).and_then(Option::take) {
+                let layer = &image.layers[stacked];
+                tree.stack(ops)
+                    .map_err(|source| layer_err(&layer.digest, source))?;
+                on_layer(stacked, total, &layer.digest);
+                stacked += 1;
+            }
+        }
+        Ok(tree)
+    })
+}
+
+fn layer_err(digest: &Digest, source: UnpackError) -> RepackError {
+    RepackError::Layer {
+        digest: digest.clone(),
+        source,
     }
-    Ok(tree)
+}
+
+/// Decodes one layer blob into its [`Op`]s.
+fn read_layer(
+    layout: &ImageLayout,
+    layer: &LayerDescriptor,
+    hash: bool,
+) -> Result<Vec<Op>, RepackError> {
+    let blob = BufReader::with_capacity(256 * 1024, layout.open_blob(&layer.digest)?);
+    let ops = (|| {
+        let (sniffed, rewound) = Rewound::sniff(blob).map_err(UnpackError::Stream)?;
+        let kind = decode::decide(Some(layer.compression), sniffed)?;
+        let reader = decode::decoder(kind, rewound).map_err(UnpackError::Stream)?;
+        layer_ops(reader, hash)
+    })();
+    ops.map_err(|source| layer_err(&layer.digest, source))
+}
+
+/// The ops of one uncompressed layer, in archive order.
+fn layer_ops(reader: impl Read, hash: bool) -> Result<Vec<Op>, UnpackError> {
+    let mut archive = tar::Archive::new(reader);
+    let mut ops = Vec::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    for entry in archive.entries().map_err(UnpackError::Stream)? {
+        let mut entry = entry.map_err(UnpackError::Stream)?;
+        let op = entry_op(&mut entry, hash)?;
+        // The tar reader would skip the content 8 KiB at a time; big reads
+        // cost the decoder fewer calls.
+        drain(&mut entry, &mut buffer)?;
+        ops.extend(op);
+    }
+    Ok(ops)
+}
+
+/// The op of one entry, `None` for one that leaves nothing in the tree.
+fn entry_op<R: Read>(entry: &mut tar::Entry<'_, R>, hash: bool) -> Result<Option<Op>, UnpackError> {
+    let raw = entry.path_bytes().into_owned();
+    let path = normalize_name(&raw).map_err(|_| hostile(&raw, "bad member name"))?;
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let (parent, name) = split(&path);
+    match classify_name(name) {
+        Whiteout::None => {}
+        Whiteout::AufsMeta => return Ok(None),
+        Whiteout::Invalid => return Err(hostile(&raw, "whiteout of '.', '..' or ''")),
+        Whiteout::Opaque => return Ok(Some(Op::Opaque(parent.to_vec()))),
+        Whiteout::Delete(target) => return Ok(Some(Op::Whiteout(join(parent, target)))),
+    }
+    if entry.header().entry_type() == EntryType::Link {
+        let target = link_name(entry, &raw)?;
+        let target = normalize_name(&target).map_err(|_| hostile(&raw, "bad hardlink target"))?;
+        return Ok(Some(Op::Link { path, target, raw }));
+    }
+    Ok(entry_node(entry, &raw, hash)?.map(|node| Op::Put(path, node)))
+}
+
+/// Reads the rest of an entry's content and drops it.
+fn drain(entry: &mut impl Read, buffer: &mut [u8]) -> Result<(), UnpackError> {
+    loop {
+        match entry.read(buffer) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(UnpackError::Stream(e)),
+        }
+    }
 }
 
 impl LowerTree {
-    /// Stacks one uncompressed layer onto the tree.
-    fn add_layer(&mut self, reader: impl Read, hash: bool) -> Result<(), UnpackError> {
-        let mut archive = tar::Archive::new(reader);
+    /// Stacks one layer's ops onto the tree: entries in order, then the
+    /// whiteouts, which hide only what lower layers left.
+    fn stack(&mut self, ops: Vec<Op>) -> Result<(), UnpackError> {
         let mut written = HashSet::new();
-        let mut whiteouts = Vec::new();
-        let mut opaques = Vec::new();
-        for entry in archive.entries().map_err(UnpackError::Stream)? {
-            let mut entry = entry.map_err(UnpackError::Stream)?;
-            let raw = entry.path_bytes().into_owned();
-            let path = normalize_name(&raw).map_err(|_| hostile(&raw, "bad member name"))?;
-            if path.is_empty() {
-                continue;
-            }
-            let path = self.resolve_parent(&path);
-            let (parent, name) = split(&path);
-            match classify_name(name) {
-                Whiteout::None => {}
-                Whiteout::AufsMeta => continue,
-                Whiteout::Invalid => return Err(hostile(&raw, "whiteout of '.', '..' or ''")),
-                Whiteout::Opaque => {
-                    opaques.push(parent.to_vec());
-                    continue;
+        let mut hidden = Vec::new();
+        for op in ops {
+            match op {
+                Op::Put(path, node) => {
+                    let path = self.resolve_parent(&path);
+                    self.insert(path.clone(), node);
+                    written.insert(path);
                 }
-                Whiteout::Delete(target) => {
-                    whiteouts.push(join(parent, target));
-                    continue;
+                Op::Link { path, target, raw } => {
+                    let path = self.resolve_parent(&path);
+                    let node = match self.nodes.get(&self.resolve_parent(&target)) {
+                        Some(lower) if lower.node.kind != Kind::Dir => lower.clone(),
+                        _ => return Err(hostile(&raw, "hardlink target does not exist")),
+                    };
+                    self.insert(path.clone(), node);
+                    written.insert(path);
                 }
-            }
-            if let Some(node) = self.entry_node(&mut entry, &raw, hash)? {
-                self.insert(path.clone(), node);
-                written.insert(path);
+                Op::Whiteout(path) => hidden.push((self.resolve_parent(&path), true)),
+                Op::Opaque(dir) => hidden.push((self.resolve_parent(&join(&dir, b"x")), false)),
             }
         }
-        for path in whiteouts {
-            if !written.contains(&path) {
-                self.nodes.remove(&path);
+        for (path, whole) in hidden {
+            let target = if whole { path } else { split(&path).0.to_vec() };
+            if whole && !written.contains(&target) {
+                self.nodes.remove(&target);
             }
-            self.remove_below(&path, &written);
-        }
-        for dir in opaques {
-            self.remove_below(&dir, &written);
+            self.remove_below(&target, &written);
         }
         Ok(())
-    }
-
-    /// The node a non-whiteout entry describes, `None` for an entry type
-    /// that leaves nothing in the tree (PAX globals, GNU long names).
-    fn entry_node<R: Read>(
-        &self,
-        entry: &mut tar::Entry<'_, R>,
-        raw: &[u8],
-        hash: bool,
-    ) -> Result<Option<LowerNode>, UnpackError> {
-        let header = entry.header();
-        let kind = match header.entry_type() {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => Kind::File,
-            EntryType::Directory => Kind::Dir,
-            EntryType::Symlink => Kind::Symlink(link_name(entry, raw)?),
-            EntryType::Char => Kind::Char(dev_major(header)?, dev_minor(header)?),
-            EntryType::Block => Kind::Block(dev_major(header)?, dev_minor(header)?),
-            EntryType::Fifo => Kind::Fifo,
-            EntryType::Link => return self.hardlink(entry, raw).map(Some),
-            _ => return Ok(None),
-        };
-        let stream = UnpackError::Stream;
-        let mut node = Node {
-            size: if kind == Kind::File { entry.size() } else { 0 },
-            kind,
-            mode: header.mode().map_err(stream)? & 0o7777,
-            uid: id(header.uid().map_err(stream)?),
-            gid: id(header.gid().map_err(stream)?),
-            mtime: header.mtime().map_err(stream)?,
-            xattrs: Vec::new(),
-        };
-        node.xattrs = entry_xattrs(entry)?;
-        let sha256 = if hash && node.kind == Kind::File {
-            Some(hash_content(entry)?)
-        } else {
-            None
-        };
-        Ok(Some(LowerNode { node, sha256 }))
-    }
-
-    /// A hardlink shares its target's node (one inode).
-    fn hardlink<R: Read>(
-        &self,
-        entry: &tar::Entry<'_, R>,
-        raw: &[u8],
-    ) -> Result<LowerNode, UnpackError> {
-        let target = link_name(entry, raw)?;
-        let target = normalize_name(&target).map_err(|_| hostile(raw, "bad hardlink target"))?;
-        match self.nodes.get(&self.resolve_parent(&target)) {
-            Some(lower) if lower.node.kind != Kind::Dir => Ok(lower.clone()),
-            _ => Err(hostile(raw, "hardlink target does not exist in the rootfs")),
-        }
     }
 
     /// Puts a node at `path` the way the applier does: a directory over a
@@ -239,6 +297,42 @@ impl LowerTree {
             .next()
             .is_some_and(|(k, _)| k.starts_with(&prefix))
     }
+}
+
+/// The node a non-whiteout entry describes, `None` for an entry type
+/// that leaves nothing in the tree (PAX globals, GNU long names).
+fn entry_node<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    raw: &[u8],
+    hash: bool,
+) -> Result<Option<LowerNode>, UnpackError> {
+    let header = entry.header();
+    let kind = match header.entry_type() {
+        EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => Kind::File,
+        EntryType::Directory => Kind::Dir,
+        EntryType::Symlink => Kind::Symlink(link_name(entry, raw)?),
+        EntryType::Char => Kind::Char(dev_major(header)?, dev_minor(header)?),
+        EntryType::Block => Kind::Block(dev_major(header)?, dev_minor(header)?),
+        EntryType::Fifo => Kind::Fifo,
+        _ => return Ok(None),
+    };
+    let stream = UnpackError::Stream;
+    let mut node = Node {
+        size: if kind == Kind::File { entry.size() } else { 0 },
+        kind,
+        mode: header.mode().map_err(stream)? & 0o7777,
+        uid: id(header.uid().map_err(stream)?),
+        gid: id(header.gid().map_err(stream)?),
+        mtime: header.mtime().map_err(stream)?,
+        xattrs: Vec::new(),
+    };
+    node.xattrs = entry_xattrs(entry)?;
+    let sha256 = if hash && node.kind == Kind::File {
+        Some(hash_content(entry)?)
+    } else {
+        None
+    };
+    Ok(Some(LowerNode { node, sha256 }))
 }
 
 /// `target` taken from directory `base`, with `.` and `..` folded and

@@ -141,8 +141,17 @@ pub fn repack(
     image::check_compression(&image, options.compression)?;
     let items = match changes {
         Changes::Rootfs(root) => {
-            let lower = lower::scan(&layout, &image, options.hash, on_layer)?;
-            diff::diff(root, &lower, options.hash)?
+            // The walk needs nothing from the image: it runs beside the
+            // layer scan, whose progress stays on this thread.
+            let (lower, walked) = std::thread::scope(|scope| {
+                let walk = scope.spawn(|| diff::walk(root));
+                let lower = lower::scan(&layout, &image, options.hash, on_layer);
+                let walked = walk
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (lower, walked)
+            });
+            diff::diff(root, walked?, &lower?, options.hash)?
         }
         Changes::Upper(upper_dir) => upper::changes(upper_dir)?,
     };
