@@ -73,7 +73,9 @@ use std::path::Path;
 
 pub use error::RepackError;
 
-use crate::oci::{Compression, Digest, ImageLayout, LayoutWriter, Platform, RefTarget};
+use crate::oci::{
+    Compression, Digest, ImageLayout, LayoutWriter, Platform, RefTarget, ResolvedImage,
+};
 
 /// Where the changes come from.
 #[derive(Debug, Clone, Copy)]
@@ -139,22 +141,7 @@ pub fn repack(
     let layout = ImageLayout::open(dir)?;
     let image = layout.resolve(reference, platform)?;
     image::check_compression(&image, options.compression)?;
-    let items = match changes {
-        Changes::Rootfs(root) => {
-            // The walk needs nothing from the image: it runs beside the
-            // layer scan, whose progress stays on this thread.
-            let (lower, walked) = std::thread::scope(|scope| {
-                let walk = scope.spawn(|| diff::walk(root));
-                let lower = lower::scan(&layout, &image, options.hash, on_layer);
-                let walked = walk
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                (lower, walked)
-            });
-            diff::diff(root, walked?, &lower?, options.hash)?
-        }
-        Changes::Upper(upper_dir) => upper::changes(upper_dir)?,
-    };
+    let items = items(&layout, &image, changes, options, on_layer)?;
     let writer = LayoutWriter::create(dir)?;
     let layer = write::write_layer(&writer, &items, options)?;
     let created = image::rfc3339(options.source_date_epoch);
@@ -179,4 +166,30 @@ pub fn repack(
         diff_id: layer.diff_id,
         entries: layer.entries,
     })
+}
+
+/// The layer items for `changes` on top of `image`, sorted by tar name.
+fn items(
+    layout: &ImageLayout,
+    image: &ResolvedImage,
+    changes: Changes<'_>,
+    options: &RepackOptions,
+    on_layer: &mut dyn FnMut(usize, usize, &Digest),
+) -> Result<Vec<node::Item>, RepackError> {
+    match changes {
+        Changes::Rootfs(root) => {
+            // The walk needs nothing from the image: it runs beside the
+            // layer scan, whose progress stays on this thread.
+            let (lower, walked) = std::thread::scope(|scope| {
+                let walk = scope.spawn(|| diff::walk(root));
+                let lower = lower::scan(layout, image, options.hash, on_layer);
+                let walked = walk
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (lower, walked)
+            });
+            diff::diff(root, walked?, &lower?, options.hash)
+        }
+        Changes::Upper(upper_dir) => upper::changes(upper_dir),
+    }
 }
