@@ -731,6 +731,21 @@ mod tests {
     }
 
     #[test]
+    fn new_blob_lands_under_its_digest_or_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = LayoutWriter::create(dir.path()).unwrap();
+        let mut blob = w.begin_new_blob().unwrap();
+        blob.file().write_all(b"made here").unwrap();
+        let d = Digest::sha256_of(b"made here");
+        blob.commit(&d).unwrap();
+        assert!(w.has_verified_blob(&d, 9).unwrap());
+        let mut dropped = w.begin_new_blob().unwrap();
+        dropped.file().write_all(b"abandoned").unwrap();
+        drop(dropped);
+        assert!(tmp_files(dir.path()).is_empty());
+    }
+
+    #[test]
     fn corrupt_present_blob_is_removed() {
         let dir = tempfile::tempdir().unwrap();
         let w = LayoutWriter::create(dir.path()).unwrap();

@@ -427,3 +427,82 @@ fn hash_content(reader: &mut impl Read) -> Result<[u8; 32], UnpackError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar(entries: &[(&str, EntryType, &str)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, kind, link) in entries {
+            let mut header = tar::Header::new_ustar();
+            header.set_entry_type(*kind);
+            header.set_mode(0o755);
+            header.set_size(0);
+            header.set_mtime(7);
+            header.set_uid(0);
+            header.set_gid(0);
+            if !link.is_empty() {
+                header.set_link_name(link).unwrap();
+            }
+            builder.append_data(&mut header, path, io::empty()).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    fn stacked(layers: &[Vec<u8>]) -> Vec<String> {
+        let mut tree = LowerTree::default();
+        for layer in layers {
+            tree.stack(layer_ops(&layer[..], false).unwrap()).unwrap();
+        }
+        tree.nodes
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn layers_stack_with_whiteouts_opaques_and_dirlinks() {
+        use EntryType::{Directory as D, Link as H, Regular as F, Symlink as S};
+        let bottom = tar(&[
+            ("usr/", D, ""),
+            ("usr/bin/", D, ""),
+            ("bin", S, "usr/bin"),
+            ("a/", D, ""),
+            ("a/x", F, ""),
+            ("a/y", F, ""),
+            ("o/", D, ""),
+            ("o/old", F, ""),
+        ]);
+        let top = tar(&[
+            ("bin/", D, ""),
+            ("bin/sh", F, ""),
+            ("bin/ash", H, "bin/sh"),
+            ("a/.wh.x", F, ""),
+            ("o/.wh..wh..opq", F, ""),
+            ("o/new", F, ""),
+        ]);
+        assert_eq!(
+            stacked(&[bottom, top]),
+            [
+                "a",
+                "a/y",
+                "bin",
+                "o",
+                "o/new",
+                "usr",
+                "usr/bin",
+                "usr/bin/ash",
+                "usr/bin/sh"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_over_a_directory_replaces_its_subtree() {
+        use EntryType::{Directory as D, Regular as F};
+        let bottom = tar(&[("d/", D, ""), ("d/x", F, ""), ("dx", F, "")]);
+        let top = tar(&[("d", F, "")]);
+        assert_eq!(stacked(&[bottom, top]), ["d", "dx"]);
+    }
+}
