@@ -25,8 +25,12 @@
 //! layers stack, and the result is an in-memory map from each path to its
 //! type, mode, owner, size, mtime, link target and xattrs. The rootfs is
 //! then walked (`lstat`, `readlink`, `llistxattr`) and compared with it.
-//! This costs one decompression of the layers and no disk writes, and it
-//! works on any rootfs that came from the image, whoever unpacked it.
+//! This costs one decompression of the layers (decoded in parallel,
+//! stacked in order, while another thread walks the rootfs) and no disk
+//! writes, and it works on any rootfs that came from the image, whoever
+//! unpacked it. A rootfs whose filesystem could not store some of the
+//! image's xattrs shows them as removed, and the files are written again
+//! without them.
 //!
 //! Without `--hash` ([`RepackOptions::hash`]) a regular file counts as
 //! changed when its size, mtime, mode, owner or xattrs differ. **A content
