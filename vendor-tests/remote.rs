@@ -268,9 +268,12 @@ fn list_tags_matches_skopeo_on_the_registry() {
     );
 }
 
+/// One page of a fake tag list: its tags and its `Link` header.
+type PageFn = fn(u32, &str) -> (Vec<String>, Option<String>);
+
 /// A fake registry of tag pages: `page(n, addr)` gives the tags and the
 /// `Link` header of page `n` (the query's `p=N`, 0 without one).
-fn fake_tag_registry(page: fn(u32, &str) -> (Vec<String>, Option<String>)) -> FaultProxy {
+fn fake_tag_registry(page: PageFn) -> FaultProxy {
     let addr = Arc::new(OnceLock::<String>::new());
     let own = addr.clone();
     let proxy = FaultProxy::start("127.0.0.1:9", move |seen, _| {

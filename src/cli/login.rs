@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use metalor::oci::registry::auth_file;
 use metalor::oci::registry::remote::{self, LoginCheck};
-use metalor::oci::registry::{Credentials, PullOptions};
+use metalor::oci::registry::{Credentials, PullOptions, RegistryError};
 
 /// Arguments of `metalor login`.
 #[derive(clap::Args, Debug)]
@@ -67,7 +67,7 @@ pub fn login(args: &LoginArgs) -> Result<()> {
         ..PullOptions::default()
     };
     let check = remote::check_login(&args.registry, &credentials, &options)
-        .with_context(|| format!("login to {}", args.registry))?;
+        .map_err(|e| login_error(&args.registry, e))?;
     if let LoginCheck::Refused(detail) = check {
         bail!(
             "login to {}: the registry refused the credentials of user {:?} ({detail})",
@@ -97,6 +97,17 @@ pub fn logout(args: &LogoutArgs) -> Result<()> {
     }
     println!("Removed login credentials for {}", args.registry);
     Ok(())
+}
+
+/// A failed check in login's words: the registry error's own top line
+/// speaks of a pull, of the placeholder repository the check runs on.
+fn login_error(registry: &str, err: RegistryError) -> anyhow::Error {
+    match err {
+        RegistryError::Transfer { what, detail, .. } => {
+            anyhow::anyhow!("login to {registry}: {what}: {detail}")
+        }
+        other => anyhow::Error::new(other).context(format!("login to {registry}")),
+    }
 }
 
 /// `--authfile`, else the default auth file.
