@@ -518,7 +518,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(
 
 /// The error for a manifest without a config; `select::check_shape` already
 /// refuses those, so this only keeps `read_config` total.
-fn missing_config(digest: &Digest) -> OciError {
+pub(crate) fn missing_config(digest: &Digest) -> OciError {
     OciError::MediaTypeMismatch {
         name: digest.to_string(),
         expected: "a manifest with a config".to_owned(),

@@ -29,7 +29,7 @@ use super::retry::{Attempts, Failure};
 use super::transfer::{read_capped, Session};
 use super::{block_on, connect, resolve, PullOptions};
 use crate::oci::layout::MAX_DOCUMENT_SIZE;
-use crate::oci::{Digest, DocumentKind, OciError};
+use crate::oci::Digest;
 
 /// Pages of a tag list followed before the walk counts as runaway.
 pub const MAX_TAG_PAGES: usize = 10_000;
@@ -232,13 +232,8 @@ async fn resolve_remote(
     let wrap = |e| RegistryError::layout(&session.reference, e);
     let chosen = resolve(session, &options.platform).await?;
     let manifest = chosen.manifest;
-    let descriptor = manifest.body.config.as_ref().ok_or_else(|| {
-        wrap(OciError::UnexpectedMediaType {
-            digest: manifest.digest.clone(),
-            media_type: manifest.media_type.clone(),
-            position: "inspected manifest without a config",
-        })
-    })?;
+    let descriptor = (manifest.body.config.as_ref())
+        .ok_or_else(|| wrap(crate::oci::layout::missing_config(&manifest.digest)))?;
     let config_digest = Digest::parse(&descriptor.digest).map_err(wrap)?;
     let config = match chosen.config {
         Some((digest, bytes)) if digest == config_digest => bytes,
@@ -260,7 +255,6 @@ async fn resolve_remote(
     let digest = chosen
         .index_digest
         .unwrap_or_else(|| manifest.digest.clone());
-    debug_assert_eq!(manifest.kind, DocumentKind::Manifest);
     Ok(RemoteImage {
         digest,
         manifest: RawManifest {
