@@ -5,6 +5,8 @@ mod images;
 mod inner;
 mod inner_build_cell;
 mod inspect;
+mod list_tags;
+mod login;
 mod progress;
 mod prune;
 mod pull;
@@ -42,6 +44,12 @@ enum Verb {
     Rmi(rmi::RmiArgs),
     /// Free the store's blobs, trees and partials that no reference needs.
     Prune(prune::PruneArgs),
+    /// List a registry repository's tags as JSON.
+    ListTags(list_tags::ListTagsArgs),
+    /// Check a registry's credentials and store them in the auth file.
+    Login(login::LoginArgs),
+    /// Remove a registry's credentials from the auth file.
+    Logout(login::LogoutArgs),
 }
 
 /// A hidden verb: its arguments after the verb name, to its exit code.
@@ -78,6 +86,9 @@ pub fn main() -> i32 {
                 Verb::Images(args) => images::run(args).map(|()| 0),
                 Verb::Rmi(args) => rmi::run(args).map(|()| 0),
                 Verb::Prune(args) => prune::run(args).map(|()| 0),
+                Verb::ListTags(args) => list_tags::run(args).map(|()| 0),
+                Verb::Login(args) => login::login(args).map(|()| 0),
+                Verb::Logout(args) => login::logout(args).map(|()| 0),
             }
         }
     };

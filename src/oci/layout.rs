@@ -138,12 +138,29 @@ impl ImageLayout {
         reference: Option<&str>,
         platform: &Platform,
     ) -> Result<ResolvedImage, OciError> {
+        let top = self.top(reference)?;
+        let manifest = self.choose(top, platform)?;
+        self.assemble(manifest)
+    }
+
+    /// The document `index.json` names under `reference` (or its only
+    /// entry), verified, without choosing a platform: an index stays an
+    /// index. Returns its digest, media type and bytes as stored, which
+    /// is what `metalor inspect --raw` prints.
+    pub fn top_document(
+        &self,
+        reference: Option<&str>,
+    ) -> Result<(Digest, String, Vec<u8>), OciError> {
+        let top = self.top(reference)?;
+        Ok((top.digest, top.media_type, top.bytes))
+    }
+
+    /// The `index.json` entry for `reference`, loaded and checked.
+    fn top(&self, reference: Option<&str>) -> Result<Document, OciError> {
         let index = self.read_index()?;
         let entries = index.manifests.unwrap_or_default();
         let entry = self.choose_entry(&entries, reference)?;
-        let top = self.load_document(&Target::of(entry)?, "index.json entry")?;
-        let manifest = self.choose(top, platform)?;
-        self.assemble(manifest)
+        self.load_document(&Target::of(entry)?, "index.json entry")
     }
 
     /// The image a manifest describes while its layer blobs may still be
@@ -501,7 +518,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(
 
 /// The error for a manifest without a config; `select::check_shape` already
 /// refuses those, so this only keeps `read_config` total.
-fn missing_config(digest: &Digest) -> OciError {
+pub(crate) fn missing_config(digest: &Digest) -> OciError {
     OciError::MediaTypeMismatch {
         name: digest.to_string(),
         expected: "a manifest with a config".to_owned(),

@@ -24,10 +24,12 @@
 //! it reads before verifying it, and oci-client 0.18 exposes none of that.
 
 pub mod auth;
+pub mod auth_file;
 mod blob;
 pub mod client;
 pub mod error;
 pub mod reference;
+pub mod remote;
 pub mod retry;
 pub mod token;
 pub mod transfer;
