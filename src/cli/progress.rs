@@ -35,10 +35,10 @@ use metalor::oci::Digest;
 /// The bars of the process, made on the first shown [`Bars`].
 static SHOWN: OnceLock<MultiProgress> = OnceLock::new();
 
-/// One line per blob or layer: label, bar, bytes, rate, ETA, and a last
-/// word when it finished.
-const TEMPLATE: &str = "{prefix:<20} [{bar:24}] {bytes:>10}/{total_bytes:<10} \
-                        {binary_bytes_per_sec:>12} eta {eta:<4} {msg}";
+/// One line per blob or layer: label, bar (as wide as the terminal
+/// leaves room for), bytes, rate, ETA, and a last word once finished.
+const TEMPLATE: &str = "{prefix:<19} [{wide_bar}] {bytes:>9}/{total_bytes:<9} \
+                        {binary_bytes_per_sec:>11} {eta:>3} {msg:7}";
 
 /// Whether bars are drawn: on a terminal, unless `--quiet`. Scripts and
 /// logs (stderr a file or a pipe) get no escape codes.

@@ -57,7 +57,7 @@ pub fn run(args: &UnpackArgs) -> anyhow::Result<()> {
     let (layers, bars) = with_layer_bars(&Bars::new(args.quiet), layers);
     let stats = unpack_layers_into(&args.rootfs, layers, options, &mut |i, _| {
         if let Some(bar) = bars.get(i) {
-            bar.finish();
+            bar.finish_with_message("applied");
         }
     })
     .with_context(|| {
