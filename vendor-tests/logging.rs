@@ -269,3 +269,35 @@ fn bars_appear_on_a_terminal_unless_quiet() {
         "{shown}"
     );
 }
+
+#[test]
+fn debug_log_gives_the_retry_reason() {
+    let Some(registry) = Registry::start("debug_log_gives_the_retry_reason") else {
+        return;
+    };
+    registry.push(&fixtures_dir().join("demo"), "latest", "demo", false);
+    let refused = std::sync::atomic::AtomicBool::new(false);
+    let proxy = FaultProxy::start(&registry.addr, move |seen, _| {
+        let manifest = seen.line.contains("/manifests/");
+        if manifest && !refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            Fault::Status(503)
+        } else {
+            Fault::None
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = oci_arg(&tmp.path().join("dest"), "x");
+    let url = format!("docker://{}/demo", proxy.addr);
+    let out = metalor(tmp.path(), &[os("-vv"), os("pull"), os(&url), &dest], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let manifest = format!("http://{}/v2/demo/manifests/latest", proxy.addr);
+    assert_request_logged(&stderr, &manifest, 503);
+    assert_request_logged(&stderr, &manifest, 200);
+    let retry = stderr
+        .lines()
+        .find(|l| l.contains("retrying") && l.contains("manifest latest"));
+    assert!(
+        retry.is_some_and(|l| l.contains("HTTP 503") && l.contains("delay_ms=")),
+        "no retry line with its reason:\n{stderr}"
+    );
+}

@@ -5,7 +5,7 @@
 //! - `-v`, `-vv`, `-vvv`: metalor's own events at info, debug and trace;
 //!   the HTTP stack and other crates stay at warn.
 //! - `METALOR_LOG`: an `EnvFilter` directive list
-//!   (`metalor=debug,reqwest=trace`), used when no `-v` is given. As with
+//!   (`metalor=debug,hyper_util=debug`), used when no `-v` is given. As with
 //!   podman's `--log-level`, the explicit flag wins over the environment,
 //!   so a command line copied into a bug report means the same anywhere.
 //!

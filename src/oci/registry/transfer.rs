@@ -12,6 +12,11 @@
 //! is refused from its `Content-Length`, or after limit + 1 bytes when
 //! the header lies or is absent; an error body is read to the same bound
 //! and summarized.
+//!
+//! Every request, to the registry or its token server, is sent through
+//! [`Session::send`]: the one place that logs it (debug level: method,
+//! URL, status, size, time). New request kinds (push) go through it too,
+//! so that nothing logs a header, a body or a credential on the side.
 
 use std::sync::Mutex;
 use std::time::SystemTime;
