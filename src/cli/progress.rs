@@ -7,7 +7,8 @@
 //!   ([`shows_bars`] is that rule, testable without a terminal). A
 //!   hidden `Bars` hands out hidden bars, so callers never branch;
 //!   [`Bars::is_shown`] lets them skip work (wrapping a reader) that only
-//!   a drawn bar needs.
+//!   a drawn bar needs. [`Bars::shown_if`] skips the terminal check (for
+//!   tests, or a verb that decided already).
 //! - [`Bars::blob_bar`]`(digest, size)`: one blob's transfer (pull, push,
 //!   copy), with bytes, rate and ETA.
 //! - [`Bars::layer_bar`]`(index, count, size)`: one layer of an unpack or
