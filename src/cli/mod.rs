@@ -6,6 +6,7 @@ mod inner;
 mod inner_build_cell;
 mod inspect;
 mod list_tags;
+mod logging;
 mod login;
 mod progress;
 mod prune;
@@ -24,6 +25,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "metalor", version)]
 struct Cli {
+    /// More log output on stderr: -v info, -vv debug (each registry
+    /// request), -vvv trace. Wins over METALOR_LOG (EnvFilter syntax).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     verb: Verb,
 }
@@ -78,6 +83,7 @@ pub fn main() -> i32 {
                     return code;
                 }
             };
+            logging::init(cli.verbose);
             match &cli.verb {
                 Verb::Unpack(args) => unpack::run(args).map(|()| 0),
                 Verb::Inspect(args) => inspect::run(args).map(|()| 0),

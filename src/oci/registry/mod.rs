@@ -66,6 +66,15 @@ pub enum PullEvent {
         /// How many blobs it needs.
         blobs: usize,
     },
+    /// A blob's transfer starts (or its copy is checked): `size` is its
+    /// descriptor's, for a progress bar's length. Its `Bytes` and its
+    /// `BlobDone` follow.
+    BlobStarted {
+        /// The blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+    },
     /// Bytes of a blob arrived.
     Bytes {
         /// The blob.
@@ -336,6 +345,12 @@ async fn download(
 ) -> Result<u64, RegistryError> {
     let progress = options.progress.clone();
     let manifest = &chosen.manifest;
+    tracing::info!(
+        reference = %session.reference,
+        manifest = %manifest.digest,
+        blobs = blobs.len(),
+        "pull resolved"
+    );
     if let Some(p) = &progress {
         p(&PullEvent::Resolved {
             manifest: manifest.digest.clone(),
@@ -353,6 +368,12 @@ async fn download(
         .map(|(blob, size)| {
             let progress = progress.clone();
             async move {
+                if let Some(p) = &progress {
+                    p(&PullEvent::BlobStarted {
+                        digest: blob.clone(),
+                        size,
+                    });
+                }
                 let on_bytes = |n: u64| {
                     if let Some(p) = &progress {
                         p(&PullEvent::Bytes {
@@ -366,6 +387,7 @@ async fn download(
                 } else {
                     session.fetch_blob(layout, &blob, size, &on_bytes).await?
                 };
+                tracing::info!(digest = %blob, size, fetched, "blob done");
                 if let Some(p) = &progress {
                     p(&PullEvent::BlobDone {
                         digest: blob.clone(),
@@ -534,6 +556,12 @@ fn copy_from_layout(
         });
     }
     for layer in &image.layers {
+        if let Some(p) = &options.progress {
+            p(&PullEvent::BlobStarted {
+                digest: layer.digest.clone(),
+                size: layer.size,
+            });
+        }
         let present = layout
             .has_verified_blob(&layer.digest, layer.size)
             .map_err(wrap)?;

@@ -121,10 +121,15 @@ impl Session {
                 }
                 Err(Failure::Reauth(detail)) => return Err(self.denied(&tries.what, detail)),
                 Err(Failure::Fatal(err)) => return Err(name_what(err, &tries.what)),
-                Err(Failure::Retry { detail, after }) => match tries.next_delay(detail, after) {
-                    Ok(delay) => super::retry::sleep(delay).await,
-                    Err(detail) => return Err(self.transfer_error(&tries.what, detail)),
-                },
+                Err(Failure::Retry { detail, after }) => {
+                    match tries.next_delay(detail.clone(), after) {
+                        Ok(delay) => {
+                            super::retry::log_retry(&tries.what, &detail, delay);
+                            super::retry::sleep(delay).await
+                        }
+                        Err(detail) => return Err(self.transfer_error(&tries.what, detail)),
+                    }
+                }
             }
         }
     }
@@ -132,12 +137,7 @@ impl Session {
     /// One round of the handshake: the `Authorization` value to use.
     async fn handshake(&self) -> Result<Option<HeaderValue>, Failure> {
         let url = format!("{}/v2/", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| self.send_failure(e))?;
+        let response = self.send(self.http.get(&url)).await?;
         let challenge = response
             .headers()
             .get(WWW_AUTHENTICATE)
@@ -183,7 +183,7 @@ impl Session {
         if let Some(basic) = self.basic() {
             request = request.header(reqwest::header::AUTHORIZATION, basic);
         }
-        let response = request.send().await.map_err(|e| self.send_failure(e))?;
+        let response = self.send(request).await?;
         match response.status() {
             StatusCode::OK => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
