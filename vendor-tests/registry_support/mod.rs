@@ -447,6 +447,9 @@ pub enum Fault {
     /// Answer with this status and extra header lines, then stream spaces
     /// until the client closes the connection (at most 256 MiB).
     Endless(u16, Vec<String>),
+    /// Forward the request head and this many bytes of its body, then
+    /// close both connections: an upload cut in the middle.
+    CutRequest(usize),
 }
 
 /// One request the proxy saw.
@@ -458,6 +461,8 @@ pub struct Seen {
     pub range: Option<String>,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
+    /// The `Content-Range` header (an upload chunk), if any.
+    pub content_range: Option<String>,
     /// When the request arrived.
     pub at: Instant,
 }
@@ -617,10 +622,15 @@ fn serve(
         .iter()
         .find(|h| h.to_ascii_lowercase().starts_with("authorization:"))
         .map(|h| h[14..].trim().to_owned());
+    let content_range = headers
+        .iter()
+        .find(|h| h.to_ascii_lowercase().starts_with("content-range:"))
+        .map(|h| h[14..].trim().to_owned());
     let request = Seen {
         line: line.clone(),
         range,
         authorization,
+        content_range,
         at: Instant::now(),
     };
     // Decided outside the lock: a callback may hold one request back
@@ -662,6 +672,22 @@ fn serve(
     headers.push("Connection: close".into());
     let mut up = TcpStream::connect(upstream)?;
     write!(up, "{line}\r\n{}\r\n\r\n", headers.join("\r\n"))?;
+    // A request body (an upload) is passed on by its Content-Length.
+    let body_len: u64 = headers
+        .iter()
+        .find_map(|h| {
+            let (name, value) = h.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    if let Fault::CutRequest(n) = fault {
+        std::io::copy(&mut (&mut client).take(n as u64), &mut up)?;
+        let _ = up.shutdown(Shutdown::Both);
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
+    std::io::copy(&mut (&mut client).take(body_len), &mut up)?;
     let mut response = Vec::new();
     up.read_to_end(&mut response)?;
     let split = response
