@@ -12,15 +12,16 @@
 mod registry_support;
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metalor::oci::registry::{self, BlobOutcome, PushEvent, PushOptions, PushReport, RetryPolicy};
-use registry_support::{blob_set, multiarch_layout, ref_digest, Fault, FaultProxy, Registry};
-use support::fixtures::{self, Compression, Image, Layer};
+use registry_support::{
+    big_layout, blob_set, multiarch_layout, ref_digest, Fault, FaultProxy, Registry,
+};
 use support::{fixtures_dir, oci_arg, run};
 
 const METALOR: &str = env!("CARGO_BIN_EXE_metalor");
@@ -283,34 +284,6 @@ fn push_with_htpasswd_auth() {
     ));
     let digest = ref_digest(&src, "latest");
     assert_eq!(registry.raw_manifest("secret"), blob(&src, &digest));
-}
-
-/// A one-layer gzip image with a 2 MiB incompressible file; returns the
-/// layout and the layer's digest.
-fn big_layout(dir: &Path) -> (PathBuf, String) {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let data: Vec<u8> = (0..2 << 20)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
-    let layer = Layer::new().file("big", 0o644, &data);
-    let image = Image::new("latest", Compression::Gzip, &[layer]).unwrap();
-    let layout = dir.join("big");
-    fixtures::write_layout(&layout, &[image]).unwrap();
-    let layer = blob_set(&layout)
-        .into_iter()
-        .find(|n| {
-            std::fs::metadata(layout.join("blobs/sha256").join(n))
-                .unwrap()
-                .len()
-                > 1 << 20
-        })
-        .unwrap();
-    (layout, format!("sha256:{layer}"))
 }
 
 #[test]

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{self, fixtures::sha256_digest};
+use crate::support;
+use crate::support::fixtures::{self, sha256_digest, Compression, Image, Layer};
 
 /// A running registry; killed on drop.
 pub struct Registry {
@@ -332,6 +333,38 @@ fn put(layout: &Path, bytes: &[u8]) -> String {
 
 fn read_blob(layout: &Path, digest: &str) -> Vec<u8> {
     std::fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap()
+}
+
+/// A one-layer gzip image (skopeo pushes gzip as is, but would compress
+/// a plain tar) with a 2 MiB incompressible file, so a blob can be
+/// cut in the middle; returns the layout and the layer's digest.
+pub fn big_layout(dir: &Path) -> (PathBuf, String) {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<u8> = (0..2 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let layer = Layer::new()
+        .dir("data", 0o755)
+        .file("data/big", 0o644, &data);
+    let image = Image::new("latest", Compression::Gzip, &[layer]).unwrap();
+    let layout = dir.join("big");
+    fixtures::write_layout(&layout, &[image]).unwrap();
+    let digest = blob_set(&layout)
+        .into_iter()
+        .map(|n| format!("sha256:{n}"))
+        .find(|d| {
+            std::fs::metadata(layout.join("blobs/sha256").join(&d[7..]))
+                .unwrap()
+                .len()
+                > 1 << 20
+        })
+        .unwrap();
+    (layout, digest)
 }
 
 /// Builds a layout whose ref `latest` is an OCI index of two images: the

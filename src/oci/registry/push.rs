@@ -372,12 +372,7 @@ async fn push_plan(
             },
         );
     }
-    report.reference = ImageReference {
-        tag: Some(tag.to_owned()).filter(|t| Digest::parse(t).is_err()),
-        digest: None,
-        ..target.clone()
-    }
-    .to_string();
+    report.reference = target.to_string();
     report.digest = Some(top.digest.clone());
     report.manifests = plan.documents.len();
     report.blobs = plan.blobs.len();
