@@ -398,3 +398,45 @@ fn push_refuses_what_it_cannot_do() {
     ));
     assert!(err.contains("--all"), "{err}");
 }
+
+#[test]
+fn bearer_tokens_are_asked_with_push_scope_and_mount_sources() {
+    let Some(registry) = Registry::start("bearer_tokens_are_asked_with_push_scope") else {
+        return;
+    };
+    let src = fixtures_dir().join("demo");
+    push_lib(&src, &registry.url("a"), &PushOptions::default()).unwrap();
+    // A token registry played by the proxy in front of the open one; the
+    // realm names the proxy, whose address is known once it runs.
+    let realm = Arc::new(Mutex::new(String::new()));
+    let proxy_realm = realm.clone();
+    let proxy = FaultProxy::start(&registry.addr, move |seen, _| {
+        if seen.line.starts_with("GET /token") {
+            return Fault::Respond(200, vec![], br#"{"token":"tok"}"#.to_vec());
+        }
+        if seen.authorization.as_deref() != Some("Bearer tok") {
+            let at = proxy_realm.lock().unwrap().clone();
+            let challenge = format!("WWW-Authenticate: Bearer realm=\"http://{at}/token\"");
+            return Fault::Respond(401, vec![challenge], Vec::new());
+        }
+        Fault::None
+    });
+    *realm.lock().unwrap() = proxy.addr.clone();
+    let (mut options, events) = recording();
+    options.mount_from = vec!["a".into()];
+    let target = format!("docker://{}/tok:v1", proxy.addr);
+    push_lib(&src, &target, &options).unwrap();
+    let seen = proxy.seen.lock().unwrap().clone();
+    let token = seen
+        .iter()
+        .find(|s| s.line.starts_with("GET /token"))
+        .expect("a token request");
+    assert!(
+        token.line.contains("scope=repository%3Atok%3Apull%2Cpush")
+            && token.line.contains("scope=repository%3Aa%3Apull"),
+        "{}",
+        token.line
+    );
+    let from_a = BlobOutcome::Mounted { from: "a".into() };
+    assert_eq!(outcomes(&events), vec![from_a; 4]);
+}
