@@ -242,6 +242,33 @@ fn all_pushes_an_index_whole_and_platform_picks_one() {
     named.dedup();
     assert_eq!(blob_set(&back), named);
 
+    // copy --all from the registry: to a layout, and to another
+    // repository (through a temp layout, mounting every blob).
+    let copied = tmp.path().join("copied");
+    let to_layout = ["copy", "--all", "--quiet", &registry.url("multi")];
+    ok(metalor(
+        tmp.path(),
+        to_layout[0],
+        &[&to_layout[1..], &[oci(&copied, "x").as_str()]].concat(),
+    ));
+    assert_eq!(ref_digest(&copied, "x"), index_digest);
+    assert_eq!(blob_set(&copied), named);
+    let said = ok(metalor(
+        tmp.path(),
+        "copy",
+        &["--all", &registry.url("multi"), &registry.url("multi2")],
+    ));
+    assert!(
+        said.contains(&format!("{} mounted", named.len() - 3)),
+        "{said}"
+    );
+    for digest in [&index_digest, &amd, &arm] {
+        assert_eq!(
+            registry.raw_manifest(&format!("multi2@{digest}")),
+            blob(&layout, digest)
+        );
+    }
+
     // Without --all: the manifest for the platform, at the tag.
     let args = ["--platform", "linux/arm64/v8", &oci(&layout, "latest")];
     let target = registry.url("one");
@@ -380,7 +407,7 @@ fn a_failed_chunk_resumes_from_the_registry_offset() {
 fn push_refuses_what_it_cannot_do() {
     let tmp = tempfile::tempdir().unwrap();
     let src = fixtures_dir().join("demo");
-    // A layout as the push target, and --all from a registry.
+    // A layout as the push target, and --all between layouts.
     let err = failed(metalor(
         tmp.path(),
         "push",
@@ -392,11 +419,15 @@ fn push_refuses_what_it_cannot_do() {
         "copy",
         &[
             "--all",
-            "docker://127.0.0.1:1/x",
+            &oci(&src, "latest"),
             &oci(&tmp.path().join("d"), "x"),
         ],
     ));
-    assert!(err.contains("--all"), "{err}");
+    assert!(
+        err.contains("--all") && err.contains("one platform"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("d").exists());
 }
 
 #[test]

@@ -36,8 +36,8 @@ pub struct TransferFlags {
 /// Arguments of `metalor copy`.
 #[derive(clap::Args, Debug)]
 pub struct CopyArgs {
-    /// Copy an index whole, with every manifest it names (layout to
-    /// registry).
+    /// Copy an index whole, with every manifest it names (not between two
+    /// layouts).
     #[arg(long)]
     all: bool,
     #[command(flatten)]

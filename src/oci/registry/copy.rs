@@ -7,18 +7,19 @@
 //!   from it, mounting from the source repository when both are on the
 //!   same registry (so the blobs the target lacks are linked, not sent).
 //!
-//! `all` (a whole index) is the push's: a copy whose source is a
-//! registry or whose target is a layout resolves one platform, and
-//! refuses `all` by name rather than copy less than asked.
+//! With `all`, an index is copied whole in every direction but layout
+//! to layout (refused by name rather than copying less than asked); the
+//! registry side of it is [`pull_all`](super::pull_all).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::auth;
 use super::error::RegistryError;
+use super::pull_all::pull_all;
 use super::push::{self, PushOptions, PushReport};
 use super::reference::{ImageReference, PullSource};
-use super::{pull, PullOptions, PullReport};
+use super::{block_on, pull, PullOptions, PullReport};
 use crate::cleanup::TempGuard;
 use crate::oci::LayoutRef;
 
@@ -53,41 +54,41 @@ pub fn copy_str(
             push: Some(push::push(layout, &to, options)?),
         }),
         (_, PullSource::Layout(to)) => {
-            refuse_all(options, "to a layout")?;
             let ref_name = to
                 .reference
                 .clone()
                 .unwrap_or_else(|| source.default_ref_name());
-            let pulled = pull(
-                &source,
-                &to.dir,
-                &ref_name,
-                &pull_options(options, &source)?,
-            )?;
+            let pulled = pull_into(&source, &to.dir, &ref_name, options)?;
             Ok(CopyReport {
                 pull: Some(pulled),
                 push: None,
             })
         }
         (PullSource::Registry(from), PullSource::Registry(to)) => {
-            refuse_all(options, "from a registry")?;
             registry_to_registry(from, &to, options)
         }
     }
 }
 
-/// The `all` refusal for the directions that resolve one platform.
-fn refuse_all(options: &PushOptions, direction: &str) -> Result<(), RegistryError> {
-    if !options.all {
-        return Ok(());
+/// The pull half: one image for the platform, or with `all` from a
+/// registry the whole index.
+fn pull_into(
+    source: &PullSource,
+    dir: &Path,
+    ref_name: &str,
+    options: &PushOptions,
+) -> Result<PullReport, RegistryError> {
+    let pull_options = pull_options(options, source)?;
+    match source {
+        PullSource::Registry(from) if options.all => {
+            block_on(pull_all(from, dir, ref_name, &pull_options))?
+        }
+        PullSource::Layout(_) if options.all => Err(RegistryError::InvalidReference {
+            value: "--all".to_owned(),
+            reason: "a copy from a layout to a layout takes one platform (--platform)".into(),
+        }),
+        _ => pull(source, dir, ref_name, &pull_options),
     }
-    Err(RegistryError::InvalidReference {
-        value: "--all".to_owned(),
-        reason: format!(
-            "a copy {direction} takes one platform (--platform); --all copies an index \
-             from a layout to a registry"
-        ),
-    })
 }
 
 /// The pull half's options: the copy's, with credentials for the source.
@@ -129,7 +130,7 @@ fn pull_then_push(
     options: &PushOptions,
 ) -> Result<CopyReport, RegistryError> {
     let source = PullSource::Registry(from.clone());
-    let pulled = pull(&source, dir, TEMP_REF, &pull_options(options, &source)?)?;
+    let pulled = pull_into(&source, dir, TEMP_REF, options)?;
     let mut push_options = options.clone();
     if from.registry == to.registry {
         push_options.mount_from.insert(0, from.repository.clone());

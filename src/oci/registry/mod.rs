@@ -31,6 +31,7 @@ mod blob;
 pub mod client;
 pub mod copy;
 pub mod error;
+mod pull_all;
 pub mod push;
 pub mod reference;
 pub mod retry;
