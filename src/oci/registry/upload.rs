@@ -31,6 +31,9 @@ use crate::oci::Digest;
 /// Bytes read from the blob file per body chunk.
 pub(crate) const READ_CHUNK: usize = 512 * 1024;
 
+/// Chunks read ahead of the connection, per body.
+const READ_AHEAD: usize = 4;
+
 /// Called with the number of bytes handed to the connection.
 pub(crate) type ByteCounter = Arc<dyn Fn(u64) + Send + Sync>;
 
@@ -382,31 +385,37 @@ fn range_end(value: &str) -> Option<u64> {
     Some(if last == 0 { 0 } else { last + 1 })
 }
 
-/// A request body streaming bytes `start..end` of the blob's file, read
-/// on the blocking pool [`READ_CHUNK`] bytes at a time.
+/// A request body streaming bytes `start..end` of the blob's file. A
+/// blocking-pool thread reads ahead, [`READ_CHUNK`] bytes at a time and
+/// at most [`READ_AHEAD`] chunks in front of the connection, so the disk
+/// and the network overlap while memory stays bounded. When the request
+/// ends early, the closed channel stops the reader.
 fn file_body(blob: &LocalBlob, start: u64, end: u64, counter: ByteCounter) -> reqwest::Body {
     let file = blob.file.clone();
-    let stream = futures_util::stream::unfold(start, move |at| {
-        let (file, counter) = (file.clone(), counter.clone());
-        async move {
-            if at >= end {
-                return None;
-            }
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let mut at = start;
+        while at < end {
             let len = (end - at).min(READ_CHUNK as u64) as usize;
-            let read = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; len];
-                file.read_exact_at(&mut buf, at).map(|()| buf)
-            })
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r);
-            match read {
-                Ok(buf) => {
-                    counter(len as u64);
-                    Some((Ok(bytes::Bytes::from(buf)), at + len as u64))
-                }
-                Err(e) => Some((Err(e), end)),
+            let mut buf = vec![0u8; len];
+            let read = file
+                .read_exact_at(&mut buf, at)
+                .map(|()| bytes::Bytes::from(buf));
+            let failed = read.is_err();
+            if tx.blocking_send(read).is_err() || failed {
+                return;
             }
+            at += len as u64;
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, move |mut rx| {
+        let counter = counter.clone();
+        async move {
+            let chunk = rx.recv().await?;
+            if let Ok(bytes) = &chunk {
+                counter(bytes.len() as u64);
+            }
+            Some((chunk, rx))
         }
     });
     reqwest::Body::wrap_stream(stream)
