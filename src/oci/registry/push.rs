@@ -492,3 +492,24 @@ fn emit(options: &PushOptions, event: PushEvent) {
         p(&event);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_top_document_goes_to_the_tag_or_its_pinned_digest() {
+        let top = Digest::sha256_of(b"manifest");
+        let tagged = ImageReference::parse("127.0.0.1:5000/a:v1").unwrap();
+        assert_eq!(target_tag(&tagged, &top).unwrap(), "v1");
+        let pinned = ImageReference::parse(&format!("127.0.0.1:5000/a@{top}")).unwrap();
+        assert_eq!(target_tag(&pinned, &top).unwrap(), top.to_string());
+        let other = Digest::sha256_of(b"other");
+        let wrong = ImageReference::parse(&format!("127.0.0.1:5000/a@{other}")).unwrap();
+        let err = target_tag(&wrong, &top).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("the image to push is {top}")),
+            "{err}"
+        );
+    }
+}
