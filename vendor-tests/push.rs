@@ -20,22 +20,14 @@ use std::time::Duration;
 
 use metalor::oci::registry::{self, BlobOutcome, PushEvent, PushOptions, PushReport, RetryPolicy};
 use registry_support::{
-    big_layout, blob_set, multiarch_layout, ref_digest, Fault, FaultProxy, Registry,
+    big_layout, blob_set, error_chain, metalor_command, multiarch_layout, ref_digest, Fault,
+    FaultProxy, Registry,
 };
 use support::{fixtures_dir, oci_arg, run};
 
-const METALOR: &str = env!("CARGO_BIN_EXE_metalor");
-
 /// `metalor VERB ARGS…` with a clean auth environment (HOME at `home`).
 fn metalor(home: &Path, verb: &str, args: &[&str]) -> Output {
-    Command::new(METALOR)
-        .arg(verb)
-        .args(args)
-        .env("HOME", home)
-        .env_remove("REGISTRY_AUTH_FILE")
-        .env_remove("XDG_RUNTIME_DIR")
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("DOCKER_CONFIG")
+    metalor_command(home, verb, args)
         .output()
         .expect("spawn metalor")
 }
@@ -99,19 +91,8 @@ fn outcomes(events: &Mutex<Vec<PushEvent>>) -> Vec<BlobOutcome> {
         .collect()
 }
 
-/// An error and its causes, as the CLI prints them.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
-}
-
 fn push_lib(layout: &Path, target: &str, options: &PushOptions) -> Result<PushReport, String> {
-    registry::push_str(&oci(layout, "latest"), target, options).map_err(|e| chain(&e))
+    registry::push_str(&oci(layout, "latest"), target, options).map_err(|e| error_chain(&e))
 }
 
 /// `skopeo copy` of `repo` back into a fresh layout: its blob set.

@@ -79,16 +79,7 @@ fn pull_via(proxy: &FaultProxy, dest: &Path, opts: &PullOptions) -> Result<(), S
         .map_err(|e| chain(&e))
 }
 
-/// An error and its causes, as the CLI prints them (one link each).
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
-}
+use registry_support::error_chain as chain;
 
 /// The layout holds exactly the source's image, verified, nothing else.
 fn assert_complete(setup: &Setup, dest: &Path) {

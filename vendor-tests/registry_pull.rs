@@ -23,14 +23,7 @@ const METALOR: &str = env!("CARGO_BIN_EXE_metalor");
 /// `metalor pull ARGS…` with a clean auth environment (HOME pointed at
 /// `home`), returning the output whatever the exit status.
 fn metalor_pull(home: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
-    let mut cmd = Command::new(METALOR);
-    cmd.arg("pull")
-        .args(args)
-        .env("HOME", home)
-        .env_remove("REGISTRY_AUTH_FILE")
-        .env_remove("XDG_RUNTIME_DIR")
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("DOCKER_CONFIG");
+    let mut cmd = registry_support::metalor_command(home, "pull", args);
     for (k, v) in env {
         cmd.env(k, v);
     }

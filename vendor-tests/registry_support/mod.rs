@@ -168,6 +168,31 @@ impl Registry {
     }
 }
 
+/// `metalor VERB ARGS…` with a clean auth environment: `HOME` at `home`
+/// and none of the auth-file variables, so only what a test sets is read.
+pub fn metalor_command(home: &Path, verb: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_metalor"));
+    cmd.arg(verb)
+        .args(args)
+        .env("HOME", home)
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("DOCKER_CONFIG");
+    cmd
+}
+
+/// An error and its causes, as the CLI prints them (one link each).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
 /// One plain-HTTP request on its own connection: the status and the
 /// response head.
 pub fn http_request(
