@@ -42,19 +42,7 @@ fn ok(out: Output) -> String {
     stderr
 }
 
-fn failed(out: Output) -> String {
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected failure, got {}",
-        out.status
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn oci(layout: &Path, tag: &str) -> String {
-    oci_arg(layout, tag).into_string().unwrap()
-}
+use registry_support::{failed_stderr as failed, oci_string as oci};
 
 fn blob(layout: &Path, digest: &str) -> Vec<u8> {
     std::fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap()

@@ -40,19 +40,7 @@ fn ok(out: Output) -> Output {
     out
 }
 
-fn failed(out: Output) -> String {
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected failure, got {}",
-        out.status
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn oci(layout: &Path, tag: &str) -> String {
-    oci_arg(layout, tag).into_string().unwrap()
-}
+use registry_support::{failed_stderr as failed, oci_string as oci};
 
 /// Checks that skopeo and umoci read the layout, and that our reader and
 /// unpacker do too.

@@ -182,6 +182,23 @@ pub fn metalor_command(home: &Path, verb: &str, args: &[&str]) -> Command {
     cmd
 }
 
+/// The stderr of a metalor run that must have failed with exit code 1.
+pub fn failed_stderr(out: std::process::Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected failure, got {}:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `oci:LAYOUT:TAG` as a string argument.
+pub fn oci_string(layout: &Path, tag: &str) -> String {
+    support::oci_arg(layout, tag).into_string().unwrap()
+}
+
 /// An error and its causes, as the CLI prints them (one link each).
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
