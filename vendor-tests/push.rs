@@ -440,3 +440,31 @@ fn bearer_tokens_are_asked_with_push_scope_and_mount_sources() {
     let from_a = BlobOutcome::Mounted { from: "a".into() };
     assert_eq!(outcomes(&events), vec![from_a; 4]);
 }
+
+#[test]
+fn docker_schema2_manifests_are_pushed_with_their_media_type() {
+    let Some(registry) = Registry::start("docker_schema2_manifests") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixtures_dir().join("demo");
+    registry.push_with(&src, "latest", "v2s2", &["--format", "v2s2"]);
+    let layout = tmp.path().join("v2s2");
+    ok(metalor(
+        tmp.path(),
+        "copy",
+        &["--quiet", &registry.url("v2s2"), &oci(&layout, "x")],
+    ));
+    ok(metalor(
+        tmp.path(),
+        "push",
+        &["--quiet", &oci(&layout, "x"), &registry.url("again")],
+    ));
+    let served = registry.raw_manifest("again");
+    assert_eq!(served, registry.raw_manifest("v2s2"));
+    let doc: serde_json::Value = serde_json::from_slice(&served).unwrap();
+    assert_eq!(
+        doc["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+}

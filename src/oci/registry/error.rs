@@ -289,6 +289,31 @@ mod tests {
     }
 
     #[test]
+    fn pull_wording_becomes_push_wording() {
+        let denied = RegistryError::Denied {
+            reference: "docker://h/r:t".into(),
+            registry: "h".into(),
+            what: "blob sha256:ab".into(),
+            detail: "HTTP 403".into(),
+        };
+        let text = denied.into_push().to_string();
+        assert!(
+            text.starts_with("push docker://h/r:t to h: blob sha256:ab: access denied (HTTP 403)"),
+            "{text}"
+        );
+        let missing = RegistryError::NotFound {
+            reference: "docker://h/r:t".into(),
+            registry: "h".into(),
+            what: "manifest sha256:cd".into(),
+            detail: "MANIFEST_UNKNOWN".into(),
+        };
+        assert_eq!(
+            missing.into_push().to_string(),
+            "push docker://h/r:t to h: manifest sha256:cd: not found (MANIFEST_UNKNOWN)"
+        );
+    }
+
+    #[test]
     fn an_envelope_message_cannot_break_the_line() {
         let body = br#"{"errors":[{"code":"DENIED","message":"no\n\u001b[31mway"}]}"#;
         assert_eq!(summarize_error_body(body), "DENIED: no [31mway");
