@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch; one file per verb.
 #![forbid(unsafe_code)]
 
+mod copy;
 mod images;
 mod inner;
 mod inner_build_cell;
@@ -39,6 +40,10 @@ enum Verb {
     Unpack(unpack::UnpackArgs),
     /// Pull an image from a registry or another layout into an OCI layout.
     Pull(pull::PullArgs),
+    /// Copy an image between registries and layouts, in any direction.
+    Copy(copy::CopyArgs),
+    /// Push an image from an OCI layout to a registry.
+    Push(copy::PushArgs),
     /// Print the manifest, config and platform of an image as JSON.
     Inspect(inspect::InspectArgs),
     /// Run a command inside a rootfs, in private namespaces.
@@ -88,6 +93,8 @@ pub fn main() -> i32 {
                 Verb::Unpack(args) => unpack::run(args).map(|()| 0),
                 Verb::Inspect(args) => inspect::run(args).map(|()| 0),
                 Verb::Pull(args) => pull::run(args).map(|()| 0),
+                Verb::Copy(args) => copy::run_copy(args).map(|()| 0),
+                Verb::Push(args) => copy::run_push(args).map(|()| 0),
                 Verb::Run(args) => run::run(args).map(|never| match never {}),
                 Verb::Images(args) => images::run(args).map(|()| 0),
                 Verb::Rmi(args) => rmi::run(args).map(|()| 0),

@@ -155,8 +155,10 @@ impl ImageLayout {
         Ok((top.digest, top.media_type, top.bytes))
     }
 
-    /// The `index.json` entry for `reference`, loaded and checked.
-    fn top(&self, reference: Option<&str>) -> Result<Document, OciError> {
+    /// The index or manifest that the `index.json` entry named
+    /// `reference` (or the only entry) points at, verified and
+    /// shape-checked but not peeled: what `push --all` copies whole.
+    pub(crate) fn top(&self, reference: Option<&str>) -> Result<Document, OciError> {
         let index = self.read_index()?;
         let entries = index.manifests.unwrap_or_default();
         let entry = self.choose_entry(&entries, reference)?;
@@ -285,7 +287,11 @@ impl ImageLayout {
 
     /// Reads, verifies and shape-checks the index or manifest `target`
     /// names. `position` names where its descriptor was found.
-    fn load_document(&self, target: &Target, position: &'static str) -> Result<Document, OciError> {
+    pub(crate) fn load_document(
+        &self,
+        target: &Target,
+        position: &'static str,
+    ) -> Result<Document, OciError> {
         let kind = select::document_kind(&target.digest, &target.media_type, position)?;
         let what = match kind {
             DocumentKind::Index => "index",
@@ -425,7 +431,7 @@ impl ImageLayout {
     }
 
     /// Checks that a blob is present with the promised size.
-    fn check_blob_size(&self, digest: &Digest, size: u64) -> Result<(), OciError> {
+    pub(crate) fn check_blob_size(&self, digest: &Digest, size: u64) -> Result<(), OciError> {
         let file = self.open_blob(digest)?;
         let found = file
             .metadata()

@@ -17,6 +17,9 @@
 //! the layers before the pull ends (`prepare_oci_rootfs` applies layer 1
 //! while later layers still download).
 //!
+//! The write half, [`push`] (layout → registry) and [`copy`] (any
+//! direction), lives in `push.rs`, `upload.rs` and `copy.rs`.
+//!
 //! Only this module is async (`reqwest` on `tokio`); [`pull`] bridges it
 //! onto a current-thread runtime in one place, so callers stay synchronous.
 //! The HTTP is reqwest's, not oci-client's, because a pull has to read
@@ -27,12 +30,16 @@ pub mod auth;
 pub mod auth_file;
 mod blob;
 pub mod client;
+pub mod copy;
 pub mod error;
+mod pull_all;
+pub mod push;
 pub mod reference;
 pub mod remote;
 pub mod retry;
 pub mod token;
 pub mod transfer;
+mod upload;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -45,7 +52,9 @@ use super::document::RawDocument;
 
 pub use auth::Credentials;
 pub use client::Endpoint;
+pub use copy::{copy_str, CopyReport};
 pub use error::RegistryError;
+pub use push::{push, push_str, BlobOutcome, PushEvent, PushOptions, PushProgressFn, PushReport};
 pub use reference::{ImageReference, PullSource};
 pub use retry::RetryPolicy;
 

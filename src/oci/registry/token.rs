@@ -170,12 +170,14 @@ impl Session {
         header(&format!("Basic {pair}")).ok()
     }
 
-    /// Trades the credentials (or none) for a pull token at `realm`.
+    /// Trades the credentials (or none) for a token at `realm` covering
+    /// the session's scopes.
     async fn fetch_token(&self, realm: &str, service: Option<&str>) -> Result<String, Failure> {
         let mut url = reqwest::Url::parse(realm)
             .map_err(|e| Failure::Reauth(format!("token realm {realm:?} is not a URL: {e}")))?;
-        let scope = format!("repository:{}:pull", self.reference.repository);
-        url.query_pairs_mut().append_pair("scope", &scope);
+        for scope in &self.scopes {
+            url.query_pairs_mut().append_pair("scope", scope);
+        }
         if let Some(service) = service {
             url.query_pairs_mut().append_pair("service", service);
         }

@@ -52,6 +52,10 @@ pub(crate) struct Session {
     /// What requests to the registry carry, once authenticated.
     pub authorization: Mutex<Option<HeaderValue>>,
     pub retry: RetryPolicy,
+    /// The token scopes asked for: `repository:REPO:pull` for a pull; a
+    /// push asks for `pull,push` on its target and `pull` on the
+    /// repositories it mounts from.
+    pub scopes: Vec<String>,
 }
 
 impl Session {
@@ -62,6 +66,7 @@ impl Session {
         credentials: &Credentials,
         retry: RetryPolicy,
     ) -> Session {
+        let scopes = vec![format!("repository:{}:pull", reference.repository)];
         Session {
             http,
             base: endpoint.base_url(),
@@ -69,6 +74,7 @@ impl Session {
             credentials: credentials.clone(),
             authorization: Mutex::new(None),
             retry,
+            scopes,
         }
     }
 
