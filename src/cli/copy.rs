@@ -1,17 +1,16 @@
 //! `metalor copy [--all] SRC DST` (skopeo's verb, any direction) and
 //! `metalor push SRC DST` (a layout to a registry).
 //!
-//! Progress: with a terminal on stderr and no `--quiet`, one line per
-//! blob as it lands. [`progress_hook`] is the one place that chooses the
-//! display, for the progress bars to replace.
+//! Progress: with a terminal on stderr and no `--quiet`, one bar per blob
+//! pushed ([`Bars::push_events`]); the pull half of a copy draws none yet.
 #![forbid(unsafe_code)]
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
-use metalor::oci::registry::{self, BlobOutcome, PushEvent, PushOptions, PushReport};
+use metalor::oci::registry::{self, PushOptions, PushReport};
+
+use super::progress::Bars;
 use metalor::oci::Platform;
 
 /// Flags `copy` and `push` share.
@@ -106,7 +105,7 @@ fn options(flags: &TransferFlags, all: bool) -> anyhow::Result<PushOptions> {
         all,
         insecure: flags.insecure,
         auth_file: flags.authfile.clone(),
-        progress: progress_hook(flags.quiet),
+        progress: Bars::new(flags.quiet).push_events(),
         ..PushOptions::default()
     })
 }
@@ -125,28 +124,4 @@ fn summarize(report: &PushReport) {
         report.present,
         report.bytes_uploaded
     );
-}
-
-/// The progress display: none with `--quiet` or without a terminal on
-/// stderr, else one line per blob. The hook for progress bars.
-fn progress_hook(quiet: bool) -> Option<registry::PushProgressFn> {
-    if quiet || !std::io::stderr().is_terminal() {
-        return None;
-    }
-    Some(Arc::new(|event: &PushEvent| {
-        if let PushEvent::BlobDone {
-            digest,
-            size,
-            outcome,
-        } = event
-        {
-            let how = match outcome {
-                BlobOutcome::Present => "present".to_owned(),
-                BlobOutcome::Mounted { from } => format!("mounted from {from}"),
-                BlobOutcome::Uploaded { .. } => "uploaded".to_owned(),
-                _ => "done".to_owned(),
-            };
-            eprintln!("{digest} ({size} bytes, {how})");
-        }
-    }))
 }

@@ -19,6 +19,9 @@
 //!   that turns [`PullEvent`]s into blob bars (`BlobStarted` makes the
 //!   bar, `Bytes` moves it, `BlobDone` finishes it); `None` when hidden,
 //!   so a pull then pays nothing for progress.
+//! - [`Bars::push_events`]: the same for `PushOptions::progress`
+//!   ([`PushEvent`]s), each bar ending with what became of its blob
+//!   (`uploaded`, `mounted` or `present`).
 //!
 //! All bars of the process share one `MultiProgress`, so a pull followed
 //! by an unpack stacks its lines. Log lines written while bars are up go
@@ -30,7 +33,7 @@ use std::io::IsTerminal;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use metalor::oci::registry::{ProgressFn, PullEvent};
+use metalor::oci::registry::{BlobOutcome, ProgressFn, PullEvent, PushEvent, PushProgressFn};
 use metalor::oci::Digest;
 
 /// The bars of the process, made on the first shown [`Bars`].
@@ -116,6 +119,44 @@ impl Bars {
         }))
     }
 
+    /// A push callback that draws one bar per blob; `None` when hidden.
+    pub fn push_events(&self) -> Option<PushProgressFn> {
+        if !self.is_shown() {
+            return None;
+        }
+        let bars = self.clone();
+        let open: Mutex<HashMap<Digest, ProgressBar>> = Mutex::new(HashMap::new());
+        Some(Arc::new(move |event: &PushEvent| {
+            let Ok(mut open) = open.lock() else { return };
+            match event {
+                PushEvent::BlobStarted { digest, size } => {
+                    open.insert(digest.clone(), bars.blob_bar(digest, *size));
+                }
+                PushEvent::Bytes { digest, bytes } => {
+                    if let Some(bar) = open.get(digest) {
+                        bar.inc(*bytes);
+                    }
+                }
+                PushEvent::BlobDone {
+                    digest,
+                    size,
+                    outcome,
+                } => {
+                    let bar = open
+                        .remove(digest)
+                        .unwrap_or_else(|| bars.blob_bar(digest, *size));
+                    bar.set_position(*size);
+                    bar.finish_with_message(match outcome {
+                        BlobOutcome::Mounted { .. } => "mounted",
+                        BlobOutcome::Present => "present",
+                        _ => "uploaded",
+                    });
+                }
+                _ => {}
+            }
+        }))
+    }
+
     fn bar(&self, size: u64, prefix: String) -> ProgressBar {
         let Some(multi) = &self.multi else {
             return ProgressBar::hidden();
@@ -159,6 +200,7 @@ mod tests {
         let bars = Bars::shown_if(false);
         assert!(!bars.is_shown());
         assert!(bars.pull_events().is_none());
+        assert!(bars.push_events().is_none());
         let digest = Digest::sha256_of(b"x");
         assert!(bars.blob_bar(&digest, 1).is_hidden());
         assert!(bars.layer_bar(0, 1, 1).is_hidden());

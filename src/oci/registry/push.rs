@@ -75,6 +75,14 @@ pub enum PushEvent {
         /// Manifests and indexes, the top one included.
         manifests: usize,
     },
+    /// A blob's upload starts (it is not on the registry, and was not
+    /// mounted).
+    BlobStarted {
+        /// The blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+    },
     /// Bytes of a blob went out (a retried upload counts them again).
     Bytes {
         /// The blob.
@@ -470,6 +478,13 @@ async fn send_blob(
         digest: digest.clone(),
         size,
     };
+    emit(
+        options,
+        PushEvent::BlobStarted {
+            digest: digest.clone(),
+            size,
+        },
+    );
     let progress = options.progress.clone();
     let named = digest.clone();
     let counter: ByteCounter = Arc::new(move |bytes| {
