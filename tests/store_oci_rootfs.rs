@@ -1,7 +1,8 @@
 //! `prepare_oci_rootfs`'s warm path: the previous bundle is renamed aside
 //! and removed while the new one is made, and whatever an interrupted
 //! call left aside is removed by the next one; a cache hit copies the
-//! entry's pristine rootfs instead of decompressing the layers again.
+//! entry's pristine rootfs instead of decompressing the layers again; a
+//! bundle nothing touched since is kept as it is.
 
 #[path = "../vendor-tests/support/mod.rs"]
 mod support;
@@ -37,7 +38,59 @@ fn the_old_bundle_is_removed_aside_and_leftovers_are_reclaimed() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["bundle"], "nothing set aside is left");
+    assert_eq!(
+        names,
+        [".bundle.seal", "bundle"],
+        "nothing set aside is left"
+    );
+}
+
+fn inode(path: &std::path::Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&fs::symlink_metadata(path).unwrap())
+}
+
+#[test]
+fn a_kept_bundle_is_repaired_where_it_was_touched() {
+    let prefix = Prefix::new();
+    let test = "a_kept_bundle_is_repaired_where_it_was_touched";
+    let Some(reference) = busybox_reference(&prefix.path, test) else {
+        return;
+    };
+    let package = prefix.join("pkg");
+    let cache = prefix.join("cache");
+    let prepare = || prepare_oci_rootfs(&reference, &prefix.path, &package, Some(&cache), None);
+    let rootfs = prepare().unwrap();
+    let entries: Vec<_> = fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let pristine = entries[0].join("rootfs");
+    let busybox = rootfs.join("bin/busybox");
+    let made = inode(&busybox);
+    // Nothing touched it: the same tree comes back, not a copy.
+    assert_eq!(prepare().unwrap(), rootfs);
+    assert_eq!(inode(&busybox), made, "kept as it is");
+    fs::read(&busybox).unwrap();
+    assert_eq!(prepare().unwrap(), rootfs);
+    assert_eq!(inode(&busybox), made, "reading is not touching");
+    // A chmod, a new file, a removed one and a write: each is undone, and
+    // only those are redone.
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o700);
+    fs::set_permissions(&busybox, mode).unwrap();
+    fs::write(rootfs.join("bin/extra"), b"x").unwrap();
+    fs::remove_file(rootfs.join("etc/passwd")).unwrap();
+    fs::write(rootfs.join("etc/group"), b"changed").unwrap();
+    let untouched = inode(&rootfs.join("etc/hostname"));
+    assert_eq!(prepare().unwrap(), rootfs);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&busybox).unwrap().permissions());
+    assert_eq!(mode & 0o7777, 0o755, "the changed file is copied again");
+    assert_eq!(inode(&rootfs.join("etc/hostname")), untouched);
+    support::assert_same_tree(
+        "repaired bundle",
+        ("pristine", &pristine),
+        ("repaired", &rootfs),
+    );
 }
 
 #[test]

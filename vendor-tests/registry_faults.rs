@@ -17,41 +17,10 @@ use std::time::Duration;
 
 use metalor::oci::registry::{self, Credentials, PullOptions, PullSource, RetryPolicy};
 use registry_support::{
-    assert_blobs_verified, blob_set, ref_digest, stray_files, Fault, FaultProxy, Registry, Seen,
+    assert_blobs_verified, big_layout, blob_set, ref_digest, stray_files, Fault, FaultProxy,
+    Registry, Seen,
 };
-use support::fixtures::{self, Compression, Image, Layer};
-
-/// A one-layer gzip image (skopeo pushes gzip as is, but would compress
-/// a plain tar) with a 2 MiB incompressible file, so a blob can be
-/// cut in the middle; returns the layout and the layer's digest.
-fn big_layout(dir: &Path) -> (PathBuf, String) {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let data: Vec<u8> = (0..2 << 20)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
-    let layer = Layer::new()
-        .dir("data", 0o755)
-        .file("data/big", 0o644, &data);
-    let image = Image::new("latest", Compression::Gzip, &[layer]).unwrap();
-    let layout = dir.join("big");
-    fixtures::write_layout(&layout, &[image]).unwrap();
-    let digest = blob_set(&layout)
-        .into_iter()
-        .map(|n| format!("sha256:{n}"))
-        .find(|d| {
-            std::fs::metadata(layout.join("blobs/sha256").join(&d[7..]))
-                .unwrap()
-                .len()
-                > 1 << 20
-        })
-        .unwrap();
-    (layout, digest)
-}
+use support::fixtures;
 
 struct Setup {
     registry: Registry,
@@ -110,16 +79,7 @@ fn pull_via(proxy: &FaultProxy, dest: &Path, opts: &PullOptions) -> Result<(), S
         .map_err(|e| chain(&e))
 }
 
-/// An error and its causes, as the CLI prints them (one link each).
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
-}
+use registry_support::error_chain as chain;
 
 /// The layout holds exactly the source's image, verified, nothing else.
 fn assert_complete(setup: &Setup, dest: &Path) {

@@ -23,14 +23,7 @@ const METALOR: &str = env!("CARGO_BIN_EXE_metalor");
 /// `metalor pull ARGS…` with a clean auth environment (HOME pointed at
 /// `home`), returning the output whatever the exit status.
 fn metalor_pull(home: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
-    let mut cmd = Command::new(METALOR);
-    cmd.arg("pull")
-        .args(args)
-        .env("HOME", home)
-        .env_remove("REGISTRY_AUTH_FILE")
-        .env_remove("XDG_RUNTIME_DIR")
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("DOCKER_CONFIG");
+    let mut cmd = registry_support::metalor_command(home, "pull", args);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -47,19 +40,7 @@ fn ok(out: Output) -> Output {
     out
 }
 
-fn failed(out: Output) -> String {
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected failure, got {}",
-        out.status
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn oci(layout: &Path, tag: &str) -> String {
-    oci_arg(layout, tag).into_string().unwrap()
-}
+use registry_support::{failed_stderr as failed, oci_string as oci};
 
 /// Checks that skopeo and umoci read the layout, and that our reader and
 /// unpacker do too.

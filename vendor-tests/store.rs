@@ -286,6 +286,21 @@ fn the_image_config_sets_command_env_cwd_and_user() {
         &["echo $GREETING $LEVEL $PATH $(pwd) $(id -u):$(id -g)"],
     ));
     assert_eq!(out, "hello cli /bin /tmp 1000:50\n");
+    // A missing working directory is made in the run's upper, as runc
+    // does, and never in the pristine tree; --read-only cannot make it.
+    let (out, _) = ran(fx.run(&["--cwd", "/srv/new/deep", "--user", "0"], &["pwd"]));
+    assert_eq!(out, "/srv/new/deep\n");
+    assert!(
+        !fx.tree().join("srv/new").exists(),
+        "the pristine tree changed"
+    );
+    let out = fx.run(&["--cwd", "/srv/none", "--read-only"], &["pwd"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("/srv/none"),
+        "{}",
+        text(&out.stderr)
+    );
     // --entrypoint replaces Entrypoint and drops Cmd.
     let (out, _) = ran(fx.run(&["--entrypoint", "/bin/id", "--user", "0:0"], &["-u"]));
     assert_eq!(out, "0\n");
@@ -632,4 +647,75 @@ fn a_cold_pull_unpacks_each_layer_as_it_arrives() {
         .image_and_tree(&reference, metalor::store::PullPolicy::Never, &options)
         .unwrap();
     assert!(!again.pulled && !tree.made());
+}
+
+/// Mounts a tmpfs of `size` at `dir` (test-time only: src/ never runs
+/// `mount`), unmounted on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("spawn mount");
+        assert!(status.success(), "mount a tmpfs at {}", dir.display());
+        SmallDisk(dir.to_owned())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_during_the_unpack_leaves_no_tree_and_names_the_path() {
+    let test = "a_full_disk_during_the_unpack_leaves_no_tree_and_names_the_path";
+    if !require_root(test) || !require_tool("mount", "mount", test) {
+        return;
+    }
+    let Some(registry) = Registry::start(test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    // 16 MiB of zeros gzip to a few KiB: the blobs fit on the 4 MiB disk,
+    // the unpacked tree does not.
+    let layer = Layer::new()
+        .dir("data", 0o755)
+        .file("data/zeros", 0o644, &vec![0u8; 16 << 20]);
+    let layout = dir.join("big");
+    fixtures::write_layout(
+        &layout,
+        &[Image::new("latest", Compression::Gzip, &[layer]).unwrap()],
+    )
+    .unwrap();
+    registry.push(&layout, "latest", "big", false);
+    let image = format!("{}/big:latest", registry.addr);
+    let store = dir.join("store");
+    let _disk = SmallDisk::mount(&store, "4m");
+    let store_arg = store.to_str().unwrap();
+    let out = metalor(&[
+        "run", "-q", "--store", store_arg, "--image", &image, "--", "true",
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains(store_arg), "the error names no path: {err}");
+    for sub in ["trees", "staging"] {
+        let left: Vec<_> = std::fs::read_dir(store.join(sub))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "{sub}/ keeps {left:?}");
+    }
+    // The blobs stay: the reference is pulled, only its tree is missing.
+    let (json, _) = ok(&["images", "--store", store_arg, "--format", "json"]);
+    let images: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(images[0]["unpacked"], json!(false), "{json}");
 }

@@ -1,7 +1,7 @@
 //! Fuzz the registry answers a pull reads before anything is verified: the
 //! distribution-spec error envelope (summarised into one line of an error
 //! message), the bearer token answer, the `WWW-Authenticate` challenge and
-//! the `Retry-After` header. Each parser gets the same bytes, and each
+//! the `Retry-After` header, and the tag list's `Link` header. Each parser gets the same bytes, and each
 //! result is checked against the promise its doc makes.
 //!
 //! Run: `cargo +nightly fuzz run registry_bodies` from the repository root.
@@ -10,6 +10,7 @@
 use std::time::{Duration, SystemTime};
 
 use metalor::oci::registry::error::summarize_error_body;
+use metalor::oci::registry::remote::parse_next_link;
 use metalor::oci::registry::retry::retry_after;
 use metalor::oci::registry::token::{parse_challenge, parse_token_response, Challenge};
 
@@ -23,6 +24,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     };
     check_challenge(text);
     check_retry_after(text);
+    check_link(text);
 });
 
 /// One line, whatever the registry sent.
@@ -48,5 +50,13 @@ fn check_retry_after(value: &str) {
         Ok(Some(wait)) => assert!(wait <= Duration::from_secs(60), "{wait:?}"),
         Err(wait) => assert!(wait > Duration::from_secs(60), "{wait:?}"),
         Ok(None) => {}
+    }
+}
+
+/// A next link is text that stood between `<` and `>` in the header.
+fn check_link(header: &str) {
+    if let Some(link) = parse_next_link(header) {
+        assert!(!link.contains('>') && !link.contains('<'), "{link:?}");
+        assert!(header.contains(link.as_str()), "{link:?}");
     }
 }

@@ -1,12 +1,21 @@
 #![forbid(unsafe_code)]
-//! `metalor inspect IMAGE`: print an image's manifest, config and platform
-//! summary as JSON.
+//! `metalor inspect [--raw | --config] IMAGE`: print an image's summary as
+//! JSON, or its manifest or config exactly as stored.
 //!
-//! IMAGE is `oci:DIR[:REF]` or `DIR[:REF]`. Registry sources (`docker://`)
-//! are refused for now; pull them into a layout first.
+//! IMAGE is `oci:DIR[:REF]`, `DIR[:REF]` or `docker://HOST/REPO[:TAG|@DIGEST]`.
+//! For a layout the summary names the layout, ref, manifest, config,
+//! platform and layers. For a registry it is `skopeo inspect`'s shape
+//! (`Name`, `Digest`, `RepoTags`, `Created`, `Architecture`, `Os`,
+//! `Layers`, `LayersData`, `Env`…), so that users of one recognize the
+//! other. `--raw` prints the manifest or index the reference names, byte
+//! for byte and without resolving an index; `--config` prints the config
+//! blob of the image chosen for `--platform`, byte for byte (skopeo's
+//! `--config --raw`).
 
-use anyhow::{bail, Context, Result};
-use metalor::oci::{ImageLayout, LayoutRef, OciError, Platform, ResolvedImage};
+use anyhow::{Context, Result};
+use metalor::oci::registry::remote::{self, RemoteImage};
+use metalor::oci::registry::{ImageReference, PullOptions};
+use metalor::oci::{ImageLayout, LayoutRef, Platform, ResolvedImage};
 use serde_json::{json, Map, Value};
 use std::io::Write;
 
@@ -17,50 +26,143 @@ const CONFIG_FIELDS: [&str; 5] = ["Env", "Cmd", "Entrypoint", "WorkingDir", "Use
 /// Arguments of `metalor inspect`.
 #[derive(clap::Args, Debug)]
 pub struct InspectArgs {
-    /// The image: oci:DIR[:REF] or DIR[:REF].
+    /// The image: oci:DIR[:REF], DIR[:REF] or docker://HOST/REPO[:TAG|@DIGEST].
     pub image: String,
     /// The platform to choose from an index, linux/ARCH[/VARIANT]; the host's
     /// by default.
     #[arg(long)]
     pub platform: Option<String>,
+    /// Print the manifest (or index) exactly as stored or served.
+    #[arg(long)]
+    pub raw: bool,
+    /// Print the image's config blob exactly as stored or served.
+    #[arg(long)]
+    pub config: bool,
+    /// Use plain HTTP for this registry even when it is not on loopback.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
-/// Resolves the image and prints its summary as pretty JSON on stdout.
+/// What `inspect` prints.
+enum Output {
+    /// A summary, printed as pretty JSON.
+    Json(Value),
+    /// Bytes printed as they are.
+    Bytes(Vec<u8>),
+}
+
+/// Resolves the image and prints what was asked for on stdout.
 pub fn run(args: &InspectArgs) -> Result<()> {
-    let summary = summarize(args)?;
-    let text = serde_json::to_string_pretty(&summary).context("encode inspect output")?;
+    let bytes = match produce(args)? {
+        Output::Json(summary) => {
+            let mut text = serde_json::to_vec_pretty(&summary).context("encode inspect output")?;
+            text.push(b'\n');
+            text
+        }
+        Output::Bytes(bytes) => bytes,
+    };
     // A closed pipe (`metalor inspect X | head`) is the reader's choice,
     // not an error worth a panic.
     let mut out = std::io::stdout().lock();
-    match writeln!(out, "{text}") {
+    match out.write_all(&bytes).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("write to stdout"),
         _ => Ok(()),
     }
 }
 
-/// Builds the JSON summary; separate from printing so it can be tested.
-fn summarize(args: &InspectArgs) -> Result<Value> {
-    let layout_ref = parse_image(&args.image)?;
-    let platform = match &args.platform {
+/// The platform `--platform` names, else the host's.
+fn platform(args: &InspectArgs) -> Result<Platform> {
+    Ok(match &args.platform {
         Some(text) => Platform::parse(text)?,
         None => Platform::host(),
-    };
-    let layout = ImageLayout::open(&layout_ref.dir)?;
-    let image = layout
-        .resolve(layout_ref.reference.as_deref(), &platform)
-        .with_context(|| format!("inspect {}", args.image))?;
-    Ok(describe(&args.image, &layout_ref, &image))
+    })
 }
 
-/// Parses IMAGE, turning a registry source into a pointed hint.
-fn parse_image(image: &str) -> Result<LayoutRef> {
-    match LayoutRef::parse(image) {
-        Err(OciError::UnsupportedTransport { transport, .. }) if transport == "docker://" => bail!(
-            "inspect {image}: docker:// sources are not supported yet; \
-             run `metalor pull {image} oci:DIR:REF` and inspect oci:DIR:REF"
-        ),
-        other => Ok(other?),
+/// Builds the output; separate from printing so it can be tested.
+fn produce(args: &InspectArgs) -> Result<Output> {
+    if args.image.starts_with("docker://") {
+        return produce_remote(args).with_context(|| format!("inspect {}", args.image));
     }
+    let layout_ref = LayoutRef::parse(&args.image)?;
+    let layout = ImageLayout::open(&layout_ref.dir)?;
+    let reference = layout_ref.reference.as_deref();
+    if args.raw && !args.config {
+        let (_, _, bytes) = layout
+            .top_document(reference)
+            .with_context(|| format!("inspect {}", args.image))?;
+        return Ok(Output::Bytes(bytes));
+    }
+    let image = layout
+        .resolve(reference, &platform(args)?)
+        .with_context(|| format!("inspect {}", args.image))?;
+    if args.config {
+        return Ok(Output::Bytes(image.config_bytes));
+    }
+    Ok(Output::Json(describe(&args.image, &layout_ref, &image)))
+}
+
+/// `inspect docker://…`: one registry session for what was asked.
+fn produce_remote(args: &InspectArgs) -> Result<Output> {
+    let reference = ImageReference::parse(&args.image)?;
+    let options = PullOptions {
+        platform: platform(args)?,
+        insecure: args.insecure,
+        ..PullOptions::default()
+    };
+    if args.raw && !args.config {
+        let manifest = remote::fetch_raw_manifest(&reference, &options)?;
+        return Ok(Output::Bytes(manifest.bytes));
+    }
+    if args.config {
+        let image = remote::resolve_image(&reference, &options)?;
+        return Ok(Output::Bytes(image.config));
+    }
+    let (image, tags) = remote::inspect(&reference, &options)?;
+    Ok(Output::Json(describe_remote(&reference, &image, tags)))
+}
+
+/// skopeo inspect's summary of a registry image.
+fn describe_remote(reference: &ImageReference, image: &RemoteImage, tags: Vec<String>) -> Value {
+    let config: Value = serde_json::from_slice(&image.config).unwrap_or(Value::Null);
+    let section = config.get("config").unwrap_or(&Value::Null);
+    let layers_data: Vec<Value> = image
+        .layers
+        .iter()
+        .map(|l| {
+            json!({
+                "MIMEType": l.media_type,
+                "Digest": l.digest,
+                "Size": l.size,
+                "Annotations": if l.annotations.is_empty() { Value::Null } else { json!(l.annotations) },
+            })
+        })
+        .collect();
+    let mut summary = json!({
+        "Name": format!("{}/{}", reference.registry, reference.repository),
+        "Digest": image.digest,
+        "RepoTags": tags,
+    });
+    let field = |v: Option<&Value>| v.cloned().unwrap_or(Value::Null);
+    if let Some(created) = config.get("created") {
+        summary["Created"] = created.clone();
+    }
+    summary["DockerVersion"] = json!(config
+        .get("docker_version")
+        .and_then(Value::as_str)
+        .unwrap_or(""));
+    summary["Labels"] = field(section.get("Labels"));
+    summary["Architecture"] = field(config.get("architecture"));
+    if let Some(variant) = config
+        .get("variant")
+        .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+    {
+        summary["Variant"] = variant.clone();
+    }
+    summary["Os"] = field(config.get("os"));
+    summary["Layers"] = json!(image.layers.iter().map(|l| &l.digest).collect::<Vec<_>>());
+    summary["LayersData"] = json!(layers_data);
+    summary["Env"] = field(section.get("Env"));
+    summary
 }
 
 /// The summary object.
@@ -144,15 +246,32 @@ mod tests {
         std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
     }
 
+    fn args(image: String) -> InspectArgs {
+        InspectArgs {
+            image,
+            platform: None,
+            raw: false,
+            config: false,
+            insecure: false,
+        }
+    }
+
+    fn bytes(args: &InspectArgs) -> Vec<u8> {
+        match produce(args).unwrap() {
+            Output::Bytes(bytes) => bytes,
+            Output::Json(v) => panic!("expected bytes, got {v}"),
+        }
+    }
+
     #[test]
     fn summarizes_a_layout_image() {
         let dir = tempfile::tempdir().unwrap();
         one_layer_layout(dir.path());
-        let args = InspectArgs {
-            image: format!("oci:{}:image", dir.path().display()),
-            platform: None,
+        let Output::Json(summary) =
+            produce(&args(format!("oci:{}:image", dir.path().display()))).unwrap()
+        else {
+            panic!("expected a summary");
         };
-        let summary = summarize(&args).unwrap();
         assert_eq!(summary["ref"], "image");
         assert_eq!(summary["platform"]["architecture"], "arm64");
         assert_eq!(summary["layers"][0]["size"], 5);
@@ -161,15 +280,36 @@ mod tests {
     }
 
     #[test]
-    fn refuses_registry_sources_with_a_hint() {
-        let args = InspectArgs {
-            image: "docker://127.0.0.1:5000/alpine:3".to_owned(),
-            platform: None,
-        };
-        let err = summarize(&args).unwrap_err().to_string();
+    fn raw_and_config_print_the_stored_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        one_layer_layout(dir.path());
+        let mut a = args(format!("oci:{}:image", dir.path().display()));
+        a.raw = true;
+        let manifest = bytes(&a);
+        let index: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+        assert_eq!(
+            Digest::sha256_of(&manifest).to_string(),
+            index["manifests"][0]["digest"].as_str().unwrap()
+        );
+        a.config = true;
+        let config = bytes(&a);
+        let manifest: Value = serde_json::from_slice(&manifest).unwrap();
+        assert_eq!(
+            Digest::sha256_of(&config).to_string(),
+            manifest["config"]["digest"].as_str().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_bad_registry_reference_names_it() {
+        let err = produce(&args("docker://127.0.0.1:5000/UPPER:x".to_owned()))
+            .err()
+            .expect("refused");
+        let text = format!("{err:#}");
         assert!(
-            err.contains("not supported yet") && err.contains("metalor pull"),
-            "{err}"
+            text.contains("inspect docker://127.0.0.1:5000/UPPER:x"),
+            "{text}"
         );
     }
 }

@@ -1,10 +1,14 @@
 //! Argument parsing and dispatch; one file per verb.
 #![forbid(unsafe_code)]
 
+mod copy;
 mod images;
 mod inner;
 mod inner_build_cell;
 mod inspect;
+mod list_tags;
+mod logging;
+mod login;
 mod progress;
 mod prune;
 mod pull;
@@ -23,6 +27,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "metalor", version)]
 struct Cli {
+    /// More log output on stderr: -v info, -vv debug (each registry
+    /// request), -vvv trace. Wins over METALOR_LOG (EnvFilter syntax).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     verb: Verb,
 }
@@ -33,6 +41,10 @@ enum Verb {
     Unpack(unpack::UnpackArgs),
     /// Pull an image from a registry or another layout into an OCI layout.
     Pull(pull::PullArgs),
+    /// Copy an image between registries and layouts, in any direction.
+    Copy(copy::CopyArgs),
+    /// Push an image from an OCI layout to a registry.
+    Push(copy::PushArgs),
     /// Print the manifest, config and platform of an image as JSON.
     Inspect(inspect::InspectArgs),
     /// Run a command inside a rootfs, in private namespaces.
@@ -43,6 +55,12 @@ enum Verb {
     Rmi(rmi::RmiArgs),
     /// Free the store's blobs, trees and partials that no reference needs.
     Prune(prune::PruneArgs),
+    /// List a registry repository's tags as JSON.
+    ListTags(list_tags::ListTagsArgs),
+    /// Check a registry's credentials and store them in the auth file.
+    Login(login::LoginArgs),
+    /// Remove a registry's credentials from the auth file.
+    Logout(login::LogoutArgs),
     /// Turn a changed rootfs or an overlay upper dir into a new layer and
     /// image in the layout.
     Repack(repack::RepackArgs),
@@ -74,14 +92,20 @@ pub fn main() -> i32 {
                     return code;
                 }
             };
+            logging::init(cli.verbose);
             match &cli.verb {
                 Verb::Unpack(args) => unpack::run(args).map(|()| 0),
                 Verb::Inspect(args) => inspect::run(args).map(|()| 0),
                 Verb::Pull(args) => pull::run(args).map(|()| 0),
+                Verb::Copy(args) => copy::run_copy(args).map(|()| 0),
+                Verb::Push(args) => copy::run_push(args).map(|()| 0),
                 Verb::Run(args) => run::run(args).map(|never| match never {}),
                 Verb::Images(args) => images::run(args).map(|()| 0),
                 Verb::Rmi(args) => rmi::run(args).map(|()| 0),
                 Verb::Prune(args) => prune::run(args).map(|()| 0),
+                Verb::ListTags(args) => list_tags::run(args).map(|()| 0),
+                Verb::Login(args) => login::login(args).map(|()| 0),
+                Verb::Logout(args) => login::logout(args).map(|()| 0),
                 Verb::Repack(args) => repack::run(args).map(|()| 0),
             }
         }

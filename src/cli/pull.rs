@@ -3,12 +3,11 @@
 //! With no destination, the image goes into the store (`--store`).
 #![forbid(unsafe_code)]
 
-use std::io::IsTerminal;
-use std::sync::{Arc, Mutex};
-
 use anyhow::Context;
-use metalor::oci::registry::{self, PullEvent, PullOptions};
+use metalor::oci::registry::{self, PullOptions};
 use metalor::oci::Platform;
+
+use super::progress::Bars;
 
 /// Arguments of `metalor pull`.
 #[derive(clap::Args, Debug)]
@@ -45,14 +44,12 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
         Some(p) => Platform::parse(p)?,
         None => Platform::host(),
     };
-    let mut options = PullOptions {
+    let options = PullOptions {
         platform,
         insecure: args.insecure,
+        progress: Bars::new(args.quiet).pull_events(),
         ..PullOptions::default()
     };
-    if !args.quiet && std::io::stderr().is_terminal() {
-        options.progress = Some(progress_printer());
-    }
     let Some(destination) = &args.destination else {
         let store = super::run_image::open_store(args.store.as_ref())?;
         let image = store.pull(&args.source, &options)?;
@@ -76,30 +73,4 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Per-blob progress on a terminal: one line per finished blob and a
-/// running byte count.
-fn progress_printer() -> registry::ProgressFn {
-    let state = Arc::new(Mutex::new((0usize, 0usize, 0u64)));
-    Arc::new(move |event: &PullEvent| {
-        let Ok(mut s) = state.lock() else { return };
-        match event {
-            PullEvent::Resolved { blobs, .. } => s.1 = *blobs,
-            PullEvent::Bytes { bytes, .. } => {
-                s.2 += bytes;
-                eprint!("\r{}/{} blobs, {} MiB", s.0, s.1, s.2 >> 20);
-            }
-            PullEvent::BlobDone {
-                digest,
-                size,
-                fetched,
-            } => {
-                s.0 += 1;
-                let how = if *fetched == 0 { "present" } else { "fetched" };
-                eprintln!("\r{}/{} {digest} ({size} bytes, {how})", s.0, s.1);
-            }
-            _ => {}
-        }
-    })
 }

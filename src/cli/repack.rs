@@ -7,7 +7,7 @@ use anyhow::Context;
 use metalor::oci::{Compression, LayoutRef, Platform};
 use metalor::repack::{repack, Changes, RepackOptions};
 
-use super::progress::Progress;
+use super::progress::Bars;
 
 /// The layer compressions `--compression` takes.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,9 +74,9 @@ pub fn run(args: &RepackArgs) -> anyhow::Result<()> {
         source_date_epoch: source_date_epoch()?,
         ..RepackOptions::default()
     };
-    // The layer count is known once the image resolves: the first
-    // scanned layer brings it.
-    let mut progress: Option<Progress> = None;
+    // One bar per scanned layer, drawn as each layer is stacked (the
+    // layers decode on worker threads).
+    let bars = Bars::new(args.quiet);
     let repacked = repack(
         &source.dir,
         source.reference.as_deref(),
@@ -84,10 +84,10 @@ pub fn run(args: &RepackArgs) -> anyhow::Result<()> {
         changes,
         &args.tag,
         &options,
-        &mut |i, total, digest| {
-            progress
-                .get_or_insert_with(|| Progress::new(args.quiet, total))
-                .step(i, digest.as_str())
+        &mut |i, total, layer| {
+            let bar = bars.layer_bar(i, total, layer.size);
+            bar.set_position(layer.size);
+            bar.finish_with_message("scanned");
         },
     )
     .with_context(|| format!("repack {} as {}", args.image, args.tag))?;

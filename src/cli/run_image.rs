@@ -14,6 +14,7 @@ use metalor::store::{resolve_user, PullPolicy, Store};
 use metalor::ContainerRunCommand;
 
 use super::inner::{ENV_OVERLAY_LOWER, ENV_OVERLAY_UPPER, ENV_OVERLAY_USERXATTR, ENV_RUN_USER};
+use super::progress::Bars;
 use super::run::{exec_run, RunArgs};
 
 /// The `--image` flags of `metalor run`.
@@ -93,6 +94,7 @@ pub fn run(args: &RunArgs) -> Result<Infallible> {
     let store = open_store(flags.store.as_ref())?;
     let options = PullOptions {
         insecure: flags.insecure,
+        progress: Bars::new(flags.quiet).pull_events(),
         ..PullOptions::default()
     };
     // Held until this process exits: the waiting parent of the run keeps

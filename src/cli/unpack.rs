@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use indicatif::ProgressBar;
 use metalor::oci::{ImageLayout, LayoutRef, Platform};
 use metalor::unpack::{unpack_layers_into, LayerInput, UnpackOptions};
 
-use super::progress::Progress;
+use super::progress::Bars;
 
 /// Arguments of `metalor unpack`.
 #[derive(clap::Args, Debug)]
@@ -53,9 +54,11 @@ pub fn run(args: &UnpackArgs) -> anyhow::Result<()> {
         max_bytes: args.max_bytes,
         max_entries: args.max_entries,
     };
-    let progress = Progress::new(args.quiet, layers.len());
-    let stats = unpack_layers_into(&args.rootfs, layers, options, &mut |i, digest| {
-        progress.step(i, digest.as_str())
+    let (layers, bars) = with_layer_bars(&Bars::new(args.quiet), layers);
+    let stats = unpack_layers_into(&args.rootfs, layers, options, &mut |i, _| {
+        if let Some(bar) = bars.get(i) {
+            bar.finish_with_message("applied");
+        }
     })
     .with_context(|| {
         format!(
@@ -77,4 +80,26 @@ pub fn run(args: &UnpackArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// One bar per layer, moved by the layer's blob stream as the unpacker
+/// reads it. Hidden bars wrap nothing, so the quiet path reads the blobs
+/// directly.
+fn with_layer_bars(bars: &Bars, layers: Vec<LayerInput>) -> (Vec<LayerInput>, Vec<ProgressBar>) {
+    if !bars.is_shown() {
+        return (layers, Vec::new());
+    }
+    let count = layers.len();
+    let mut shown = Vec::with_capacity(count);
+    let layers = layers
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut layer)| {
+            let bar = bars.layer_bar(i, count, layer.size);
+            layer.blob = Box::new(bar.wrap_read(layer.blob));
+            shown.push(bar);
+            layer
+        })
+        .collect();
+    (layers, shown)
 }

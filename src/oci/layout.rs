@@ -138,12 +138,31 @@ impl ImageLayout {
         reference: Option<&str>,
         platform: &Platform,
     ) -> Result<ResolvedImage, OciError> {
+        let top = self.top(reference)?;
+        let manifest = self.choose(top, platform)?;
+        self.assemble(manifest)
+    }
+
+    /// The document `index.json` names under `reference` (or its only
+    /// entry), verified, without choosing a platform: an index stays an
+    /// index. Returns its digest, media type and bytes as stored, which
+    /// is what `metalor inspect --raw` prints.
+    pub fn top_document(
+        &self,
+        reference: Option<&str>,
+    ) -> Result<(Digest, String, Vec<u8>), OciError> {
+        let top = self.top(reference)?;
+        Ok((top.digest, top.media_type, top.bytes))
+    }
+
+    /// The index or manifest that the `index.json` entry named
+    /// `reference` (or the only entry) points at, verified and
+    /// shape-checked but not peeled: what `push --all` copies whole.
+    pub(crate) fn top(&self, reference: Option<&str>) -> Result<Document, OciError> {
         let index = self.read_index()?;
         let entries = index.manifests.unwrap_or_default();
         let entry = self.choose_entry(&entries, reference)?;
-        let top = self.load_document(&Target::of(entry)?, "index.json entry")?;
-        let manifest = self.choose(top, platform)?;
-        self.assemble(manifest)
+        self.load_document(&Target::of(entry)?, "index.json entry")
     }
 
     /// The image a manifest describes while its layer blobs may still be
@@ -268,7 +287,11 @@ impl ImageLayout {
 
     /// Reads, verifies and shape-checks the index or manifest `target`
     /// names. `position` names where its descriptor was found.
-    fn load_document(&self, target: &Target, position: &'static str) -> Result<Document, OciError> {
+    pub(crate) fn load_document(
+        &self,
+        target: &Target,
+        position: &'static str,
+    ) -> Result<Document, OciError> {
         let kind = select::document_kind(&target.digest, &target.media_type, position)?;
         let what = match kind {
             DocumentKind::Index => "index",
@@ -408,7 +431,7 @@ impl ImageLayout {
     }
 
     /// Checks that a blob is present with the promised size.
-    fn check_blob_size(&self, digest: &Digest, size: u64) -> Result<(), OciError> {
+    pub(crate) fn check_blob_size(&self, digest: &Digest, size: u64) -> Result<(), OciError> {
         let file = self.open_blob(digest)?;
         let found = file
             .metadata()
@@ -501,7 +524,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(
 
 /// The error for a manifest without a config; `select::check_shape` already
 /// refuses those, so this only keeps `read_config` total.
-fn missing_config(digest: &Digest) -> OciError {
+pub(crate) fn missing_config(digest: &Digest) -> OciError {
     OciError::MediaTypeMismatch {
         name: digest.to_string(),
         expected: "a manifest with a config".to_owned(),

@@ -59,7 +59,7 @@ pub(crate) fn scan(
     layout: &ImageLayout,
     image: &ResolvedImage,
     hash: bool,
-    on_layer: &mut dyn FnMut(usize, usize, &Digest),
+    on_layer: &mut dyn FnMut(usize, usize, &LayerDescriptor),
 ) -> Result<LowerTree, RepackError> {
     let total = image.layers.len();
     let workers = std::thread::available_parallelism()
@@ -96,7 +96,7 @@ pub(crate) fn scan(
                 let layer = &image.layers[stacked];
                 tree.stack(ops)
                     .map_err(|source| layer_err(&layer.digest, source))?;
-                on_layer(stacked, total, &layer.digest);
+                on_layer(stacked, total, layer);
                 stacked += 1;
             }
         }

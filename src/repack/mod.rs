@@ -78,7 +78,8 @@ use std::path::Path;
 pub use error::RepackError;
 
 use crate::oci::{
-    Compression, Digest, ImageLayout, LayoutWriter, Platform, RefTarget, ResolvedImage,
+    Compression, Digest, ImageLayout, LayerDescriptor, LayoutWriter, Platform, RefTarget,
+    ResolvedImage,
 };
 
 /// Where the changes come from.
@@ -132,7 +133,7 @@ pub struct Repacked {
 /// Repacks `changes` on top of the image `reference` (resolved for
 /// `platform`) in the layout `dir`, and points `tag` at the result.
 /// `on_layer` is told when each of the image's layers has been scanned,
-/// with its index, the layer count and its digest (rootfs form only).
+/// with its index, the layer count and its descriptor (rootfs form only).
 pub fn repack(
     dir: &Path,
     reference: Option<&str>,
@@ -140,7 +141,7 @@ pub fn repack(
     changes: Changes<'_>,
     tag: &str,
     options: &RepackOptions,
-    on_layer: &mut dyn FnMut(usize, usize, &Digest),
+    on_layer: &mut dyn FnMut(usize, usize, &LayerDescriptor),
 ) -> Result<Repacked, RepackError> {
     let layout = ImageLayout::open(dir)?;
     let image = layout.resolve(reference, platform)?;
@@ -178,7 +179,7 @@ fn items(
     image: &ResolvedImage,
     changes: Changes<'_>,
     options: &RepackOptions,
-    on_layer: &mut dyn FnMut(usize, usize, &Digest),
+    on_layer: &mut dyn FnMut(usize, usize, &LayerDescriptor),
 ) -> Result<Vec<node::Item>, RepackError> {
     match changes {
         Changes::Rootfs(root) => {

@@ -105,7 +105,9 @@ fn make_tree(
     std::fs::create_dir(&staging).map_err(|e| StoreError::io("create", &staging, e))?;
     let rootfs = staging.join("rootfs");
     let made = unpack_image(image, layers, &rootfs).and_then(|()| {
-        std::fs::rename(&rootfs, path).map_err(|e| StoreError::io("commit tree", path, e))
+        std::fs::rename(&rootfs, path).map_err(|e| StoreError::io("commit tree", path, e))?;
+        tracing::info!(manifest = %image.manifest_digest, tree = %path.display(), "store tree committed");
+        Ok(())
     });
     let cleaned =
         remove_path_if_exists(&staging).map_err(|e| StoreError::io("remove", &staging, e));

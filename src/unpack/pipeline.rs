@@ -162,6 +162,7 @@ pub fn apply_layers(
                 });
                 verdict.map_err(|e| (i, e))?;
             }
+            tracing::debug!(layer = i, %digest, "layer applied");
             on_layer(i, digest);
         }
         Ok(())

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{self, fixtures::sha256_digest};
+use crate::support;
+use crate::support::fixtures::{self, sha256_digest, Compression, Image, Layer};
 
 /// A running registry; killed on drop.
 pub struct Registry {
@@ -165,6 +166,48 @@ impl Registry {
         cmd.arg(self.url(repo)).arg(support::oci_arg(dest, tag));
         support::run(&mut cmd);
     }
+}
+
+/// `metalor VERB ARGS…` with a clean auth environment: `HOME` at `home`
+/// and none of the auth-file variables, so only what a test sets is read.
+pub fn metalor_command(home: &Path, verb: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_metalor"));
+    cmd.arg(verb)
+        .args(args)
+        .env("HOME", home)
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("DOCKER_CONFIG");
+    cmd
+}
+
+/// The stderr of a metalor run that must have failed with exit code 1.
+pub fn failed_stderr(out: std::process::Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected failure, got {}:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `oci:LAYOUT:TAG` as a string argument.
+pub fn oci_string(layout: &Path, tag: &str) -> String {
+    support::oci_arg(layout, tag).into_string().unwrap()
+}
+
+/// An error and its causes, as the CLI prints them (one link each).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
 }
 
 /// One plain-HTTP request on its own connection: the status and the
@@ -334,6 +377,38 @@ fn read_blob(layout: &Path, digest: &str) -> Vec<u8> {
     std::fs::read(layout.join("blobs/sha256").join(&digest[7..])).unwrap()
 }
 
+/// A one-layer gzip image (skopeo pushes gzip as is, but would compress
+/// a plain tar) with a 2 MiB incompressible file, so a blob can be
+/// cut in the middle; returns the layout and the layer's digest.
+pub fn big_layout(dir: &Path) -> (PathBuf, String) {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<u8> = (0..2 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let layer = Layer::new()
+        .dir("data", 0o755)
+        .file("data/big", 0o644, &data);
+    let image = Image::new("latest", Compression::Gzip, &[layer]).unwrap();
+    let layout = dir.join("big");
+    fixtures::write_layout(&layout, &[image]).unwrap();
+    let digest = blob_set(&layout)
+        .into_iter()
+        .map(|n| format!("sha256:{n}"))
+        .find(|d| {
+            std::fs::metadata(layout.join("blobs/sha256").join(&d[7..]))
+                .unwrap()
+                .len()
+                > 1 << 20
+        })
+        .unwrap();
+    (layout, digest)
+}
+
 /// Builds a layout whose ref `latest` is an OCI index of two images: the
 /// `demo` fixture as linux/amd64 and the `multi-gzip` fixture relabelled
 /// linux/arm64/v8. Returns the layout and the two manifest digests
@@ -447,6 +522,9 @@ pub enum Fault {
     /// Answer with this status and extra header lines, then stream spaces
     /// until the client closes the connection (at most 256 MiB).
     Endless(u16, Vec<String>),
+    /// Forward the request head and this many bytes of its body, then
+    /// close both connections: an upload cut in the middle.
+    CutRequest(usize),
 }
 
 /// One request the proxy saw.
@@ -458,6 +536,8 @@ pub struct Seen {
     pub range: Option<String>,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
+    /// The `Content-Range` header (an upload chunk), if any.
+    pub content_range: Option<String>,
     /// When the request arrived.
     pub at: Instant,
 }
@@ -617,10 +697,15 @@ fn serve(
         .iter()
         .find(|h| h.to_ascii_lowercase().starts_with("authorization:"))
         .map(|h| h[14..].trim().to_owned());
+    let content_range = headers
+        .iter()
+        .find(|h| h.to_ascii_lowercase().starts_with("content-range:"))
+        .map(|h| h[14..].trim().to_owned());
     let request = Seen {
         line: line.clone(),
         range,
         authorization,
+        content_range,
         at: Instant::now(),
     };
     // Decided outside the lock: a callback may hold one request back
@@ -662,6 +747,22 @@ fn serve(
     headers.push("Connection: close".into());
     let mut up = TcpStream::connect(upstream)?;
     write!(up, "{line}\r\n{}\r\n\r\n", headers.join("\r\n"))?;
+    // A request body (an upload) is passed on by its Content-Length.
+    let body_len: u64 = headers
+        .iter()
+        .find_map(|h| {
+            let (name, value) = h.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    if let Fault::CutRequest(n) = fault {
+        std::io::copy(&mut (&mut client).take(n as u64), &mut up)?;
+        let _ = up.shutdown(Shutdown::Both);
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
+    std::io::copy(&mut (&mut client).take(body_len), &mut up)?;
     let mut response = Vec::new();
     up.read_to_end(&mut response)?;
     let split = response

@@ -87,6 +87,32 @@ pub enum RegistryError {
         source: OciError,
     },
 
+    /// A push failed: the registry refused a blob, a mount or a manifest
+    /// (`what` names it; `detail` has the registry's error code and
+    /// message), or a request failed in a way retrying did not fix.
+    #[error("push {reference} to {registry}: {what}: {detail}")]
+    Push {
+        /// The target image reference.
+        reference: String,
+        /// The registry endpoint.
+        registry: String,
+        /// What was being pushed (`blob sha256:…`, `manifest sha256:…`).
+        what: String,
+        /// The registry's own words, or the last failure.
+        detail: String,
+    },
+
+    /// Reading the image to push failed (a layout that does not resolve,
+    /// a missing blob). The cause is the typed layout error.
+    #[error("push {reference}")]
+    PushSource {
+        /// What was being pushed (`oci:DIR:REF`).
+        reference: String,
+        /// The typed layout error.
+        #[source]
+        source: OciError,
+    },
+
     /// An auth file exists but cannot be read or parsed.
     #[error("read auth file {}: {reason}", path.display())]
     AuthFile {
@@ -138,6 +164,49 @@ impl RegistryError {
         RegistryError::Layout {
             reference: reference.to_string(),
             source,
+        }
+    }
+}
+
+impl RegistryError {
+    /// The same failure told as part of a push: the request code shared
+    /// with the pull words its errors as a pull's, and a push rewrites
+    /// them once, at its top, so that every message starts with `push`.
+    pub(crate) fn into_push(self) -> RegistryError {
+        let push = |reference, registry, what, detail| RegistryError::Push {
+            reference,
+            registry,
+            what,
+            detail,
+        };
+        match self {
+            RegistryError::NotFound {
+                reference,
+                registry,
+                what,
+                detail,
+            } => push(reference, registry, what, format!("not found ({detail})")),
+            RegistryError::Denied {
+                reference,
+                registry,
+                what,
+                detail,
+            } => push(
+                reference,
+                registry,
+                what,
+                format!("access denied ({detail}); credentials are read from --authfile, REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json or ~/.docker/config.json"),
+            ),
+            RegistryError::Transfer {
+                reference,
+                registry,
+                what,
+                detail,
+            } => push(reference, registry, what, detail),
+            RegistryError::Layout { reference, source } => {
+                RegistryError::PushSource { reference, source }
+            }
+            other => other,
         }
     }
 }
@@ -217,6 +286,31 @@ mod tests {
         );
         assert!(summarize_error_body(&[b'x'; 1000]).ends_with('…'));
         assert_eq!(summarize_error_body(b""), "");
+    }
+
+    #[test]
+    fn pull_wording_becomes_push_wording() {
+        let denied = RegistryError::Denied {
+            reference: "docker://h/r:t".into(),
+            registry: "h".into(),
+            what: "blob sha256:ab".into(),
+            detail: "HTTP 403".into(),
+        };
+        let text = denied.into_push().to_string();
+        assert!(
+            text.starts_with("push docker://h/r:t to h: blob sha256:ab: access denied (HTTP 403)"),
+            "{text}"
+        );
+        let missing = RegistryError::NotFound {
+            reference: "docker://h/r:t".into(),
+            registry: "h".into(),
+            what: "manifest sha256:cd".into(),
+            detail: "MANIFEST_UNKNOWN".into(),
+        };
+        assert_eq!(
+            missing.into_push().to_string(),
+            "push docker://h/r:t to h: manifest sha256:cd: not found (MANIFEST_UNKNOWN)"
+        );
     }
 
     #[test]

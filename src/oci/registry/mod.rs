@@ -17,6 +17,9 @@
 //! the layers before the pull ends (`prepare_oci_rootfs` applies layer 1
 //! while later layers still download).
 //!
+//! The write half, [`push`] (layout → registry) and [`copy`] (any
+//! direction), lives in `push.rs`, `upload.rs` and `copy.rs`.
+//!
 //! Only this module is async (`reqwest` on `tokio`); [`pull`] bridges it
 //! onto a current-thread runtime in one place, so callers stay synchronous.
 //! The HTTP is reqwest's, not oci-client's, because a pull has to read
@@ -24,13 +27,19 @@
 //! it reads before verifying it, and oci-client 0.18 exposes none of that.
 
 pub mod auth;
+pub mod auth_file;
 mod blob;
 pub mod client;
+pub mod copy;
 pub mod error;
+mod pull_all;
+pub mod push;
 pub mod reference;
+pub mod remote;
 pub mod retry;
 pub mod token;
 pub mod transfer;
+mod upload;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -43,7 +52,9 @@ use super::document::RawDocument;
 
 pub use auth::Credentials;
 pub use client::Endpoint;
+pub use copy::{copy_str, CopyReport};
 pub use error::RegistryError;
+pub use push::{push, push_str, BlobOutcome, PushEvent, PushOptions, PushProgressFn, PushReport};
 pub use reference::{ImageReference, PullSource};
 pub use retry::RetryPolicy;
 
@@ -63,6 +74,15 @@ pub enum PullEvent {
         manifest: Digest,
         /// How many blobs it needs.
         blobs: usize,
+    },
+    /// A blob's transfer starts (or its copy is checked): `size` is its
+    /// descriptor's, for a progress bar's length. Its `Bytes` and its
+    /// `BlobDone` follow.
+    BlobStarted {
+        /// The blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
     },
     /// Bytes of a blob arrived.
     Bytes {
@@ -334,6 +354,12 @@ async fn download(
 ) -> Result<u64, RegistryError> {
     let progress = options.progress.clone();
     let manifest = &chosen.manifest;
+    tracing::info!(
+        reference = %session.reference,
+        manifest = %manifest.digest,
+        blobs = blobs.len(),
+        "pull resolved"
+    );
     if let Some(p) = &progress {
         p(&PullEvent::Resolved {
             manifest: manifest.digest.clone(),
@@ -351,6 +377,12 @@ async fn download(
         .map(|(blob, size)| {
             let progress = progress.clone();
             async move {
+                if let Some(p) = &progress {
+                    p(&PullEvent::BlobStarted {
+                        digest: blob.clone(),
+                        size,
+                    });
+                }
                 let on_bytes = |n: u64| {
                     if let Some(p) = &progress {
                         p(&PullEvent::Bytes {
@@ -364,6 +396,7 @@ async fn download(
                 } else {
                     session.fetch_blob(layout, &blob, size, &on_bytes).await?
                 };
+                tracing::info!(digest = %blob, size, fetched, "blob done");
                 if let Some(p) = &progress {
                     p(&PullEvent::BlobDone {
                         digest: blob.clone(),
@@ -532,6 +565,12 @@ fn copy_from_layout(
         });
     }
     for layer in &image.layers {
+        if let Some(p) = &options.progress {
+            p(&PullEvent::BlobStarted {
+                digest: layer.digest.clone(),
+                size: layer.size,
+            });
+        }
         let present = layout
             .has_verified_blob(&layer.digest, layer.size)
             .map_err(wrap)?;

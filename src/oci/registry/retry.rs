@@ -124,6 +124,16 @@ impl<'a> Attempts<'a> {
     }
 }
 
+/// Logs, at debug level, why a request is tried again and after how long.
+pub(crate) fn log_retry(what: &str, reason: &str, delay: Duration) {
+    tracing::debug!(
+        what,
+        reason,
+        delay_ms = delay.as_millis() as u64,
+        "retrying"
+    );
+}
+
 /// What a `Retry-After` header asks: `Ok(None)` when absent or unreadable
 /// (the normal backoff applies), `Ok(Some(wait))` within the cap,
 /// `Err(wait)` past it. `now` is passed in for the HTTP-date form.

@@ -121,10 +121,15 @@ impl Session {
                 }
                 Err(Failure::Reauth(detail)) => return Err(self.denied(&tries.what, detail)),
                 Err(Failure::Fatal(err)) => return Err(name_what(err, &tries.what)),
-                Err(Failure::Retry { detail, after }) => match tries.next_delay(detail, after) {
-                    Ok(delay) => super::retry::sleep(delay).await,
-                    Err(detail) => return Err(self.transfer_error(&tries.what, detail)),
-                },
+                Err(Failure::Retry { detail, after }) => {
+                    match tries.next_delay(detail.clone(), after) {
+                        Ok(delay) => {
+                            super::retry::log_retry(&tries.what, &detail, delay);
+                            super::retry::sleep(delay).await
+                        }
+                        Err(detail) => return Err(self.transfer_error(&tries.what, detail)),
+                    }
+                }
             }
         }
     }
@@ -132,12 +137,7 @@ impl Session {
     /// One round of the handshake: the `Authorization` value to use.
     async fn handshake(&self) -> Result<Option<HeaderValue>, Failure> {
         let url = format!("{}/v2/", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| self.send_failure(e))?;
+        let response = self.send(self.http.get(&url)).await?;
         let challenge = response
             .headers()
             .get(WWW_AUTHENTICATE)
@@ -170,12 +170,14 @@ impl Session {
         header(&format!("Basic {pair}")).ok()
     }
 
-    /// Trades the credentials (or none) for a pull token at `realm`.
+    /// Trades the credentials (or none) for a token at `realm` covering
+    /// the session's scopes.
     async fn fetch_token(&self, realm: &str, service: Option<&str>) -> Result<String, Failure> {
         let mut url = reqwest::Url::parse(realm)
             .map_err(|e| Failure::Reauth(format!("token realm {realm:?} is not a URL: {e}")))?;
-        let scope = format!("repository:{}:pull", self.reference.repository);
-        url.query_pairs_mut().append_pair("scope", &scope);
+        for scope in &self.scopes {
+            url.query_pairs_mut().append_pair("scope", scope);
+        }
         if let Some(service) = service {
             url.query_pairs_mut().append_pair("service", service);
         }
@@ -183,7 +185,7 @@ impl Session {
         if let Some(basic) = self.basic() {
             request = request.header(reqwest::header::AUTHORIZATION, basic);
         }
-        let response = request.send().await.map_err(|e| self.send_failure(e))?;
+        let response = self.send(request).await?;
         match response.status() {
             StatusCode::OK => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {

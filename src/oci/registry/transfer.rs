@@ -12,6 +12,11 @@
 //! is refused from its `Content-Length`, or after limit + 1 bytes when
 //! the header lies or is absent; an error body is read to the same bound
 //! and summarized.
+//!
+//! Every request, to the registry or its token server, is sent through
+//! [`Session::send`]: the one place that logs it (debug level: method,
+//! URL, status, size, time). New request kinds (push) go through it too,
+//! so that nothing logs a header, a body or a credential on the side.
 
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -47,6 +52,10 @@ pub(crate) struct Session {
     /// What requests to the registry carry, once authenticated.
     pub authorization: Mutex<Option<HeaderValue>>,
     pub retry: RetryPolicy,
+    /// The token scopes asked for: `repository:REPO:pull` for a pull; a
+    /// push asks for `pull,push` on its target and `pull` on the
+    /// repositories it mounts from.
+    pub scopes: Vec<String>,
 }
 
 impl Session {
@@ -57,6 +66,7 @@ impl Session {
         credentials: &Credentials,
         retry: RetryPolicy,
     ) -> Session {
+        let scopes = vec![format!("repository:{}:pull", reference.repository)];
         Session {
             http,
             base: endpoint.base_url(),
@@ -64,6 +74,7 @@ impl Session {
             credentials: credentials.clone(),
             authorization: Mutex::new(None),
             retry,
+            scopes,
         }
     }
 
@@ -94,10 +105,40 @@ impl Session {
         if offset > 0 {
             request = request.header(RANGE, format!("bytes={offset}-"));
         }
-        let response = request.send().await.map_err(|e| self.send_failure(e))?;
+        let response = self.send(request).await?;
         match response.status() {
             StatusCode::OK | StatusCode::PARTIAL_CONTENT => Ok(response),
             _ => Err(self.status_failure(response).await),
+        }
+    }
+
+    /// Sends one request: every request to the registry or its token
+    /// server goes through here, so that each is logged once at debug
+    /// level with its method, URL, status, size and time. Only those are
+    /// logged: never a header (the `Authorization` value is a password or a
+    /// token), never a body, and the URL without any user or password in
+    /// it.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Response, Failure> {
+        let request = request.build().map_err(|e| self.send_failure(e))?;
+        let method = request.method().clone();
+        let url = loggable_url(request.url());
+        let started = std::time::Instant::now();
+        match self.http.execute(request).await {
+            Ok(response) => {
+                tracing::debug!(
+                    %method,
+                    %url,
+                    status = response.status().as_u16(),
+                    bytes = response.content_length(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "registry request"
+                );
+                Ok(response)
+            }
+            Err(err) => {
+                tracing::debug!(%method, %url, error = %chain(&err), "registry request failed");
+                Err(self.send_failure(err))
+            }
         }
     }
 
@@ -191,10 +232,12 @@ impl Session {
                 if std::mem::replace(&mut tries.reauthed, true) {
                     return Err(self.denied(&tries.what, detail));
                 }
+                tracing::debug!(what = %tries.what, reason = %detail, "authenticating again");
                 self.authenticate().await
             }
-            Failure::Retry { detail, after } => match tries.next_delay(detail, after) {
+            Failure::Retry { detail, after } => match tries.next_delay(detail.clone(), after) {
                 Ok(delay) => {
+                    retry::log_retry(&tries.what, &detail, delay);
                     retry::sleep(delay).await;
                     Ok(())
                 }
@@ -310,6 +353,16 @@ impl Session {
             detail,
         }
     }
+}
+
+/// `url` as a log may show it: without the user and password a URL can
+/// carry (none of metalor's own do, but a token realm is the server's).
+fn loggable_url(url: &reqwest::Url) -> reqwest::Url {
+    let mut url = url.clone();
+    // Both fail only for URLs that cannot have credentials at all.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url
 }
 
 /// Fills in what was being fetched in an error sorted before it was known.

@@ -8,6 +8,7 @@
 
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -241,7 +242,14 @@ pub(crate) fn run_phase(
         sys::mount_set_readonly(root.fd.as_fd())
             .with_context(|| format!("failed to make {} read-only", root.path.display()))?;
     }
-    enter_root(base, &root.path, &command.cwd)?;
+    // On a writable overlay a missing cwd (an image's WorkingDir that no
+    // layer made) is created, as runc and crun do; the writes land in the
+    // upper, never in the pristine tree.
+    let create_cwd = options
+        .overlay
+        .as_ref()
+        .is_some_and(|view| view.upper != OverlayUpper::ReadOnly);
+    enter_root(base, &root.path, &command.cwd, create_cwd)?;
     let (Some(rule), Some(mount)) = (binfmt, binfmt_mount) else {
         return start_payload(command, options, options.exec_payload);
     };
@@ -374,12 +382,21 @@ fn mount_auto_binds(
 
 /// `chroot` into the held root (`fchdir` to it, then `chroot(".")`),
 /// then `chdir("/")` so no directory outside the root stays reachable,
-/// then the requested cwd.
-fn enter_root(root: &OwnedFd, shown: &Path, cwd: &str) -> Result<()> {
+/// then the requested cwd, first made (mode 0755, as root) when
+/// `create_cwd` and it is missing. After the `chroot`, every component,
+/// symlinks included, resolves inside the root.
+fn enter_root(root: &OwnedFd, shown: &Path, cwd: &str, create_cwd: bool) -> Result<()> {
     rustix::process::fchdir(root)
         .and_then(|()| rustix::process::chroot("."))
         .with_context(|| format!("failed to chroot into {}", shown.display()))?;
     rustix::process::chdir("/").context("failed to chdir to /")?;
+    if create_cwd && !Path::new(cwd).is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(cwd)
+            .with_context(|| format!("failed to create the working directory {cwd}"))?;
+    }
     rustix::process::chdir(cwd).with_context(|| format!("failed to chdir to {cwd}"))?;
     Ok(())
 }

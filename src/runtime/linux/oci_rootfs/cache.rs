@@ -89,7 +89,7 @@ pub(super) fn cached_rootfs(
 
 /// Upstream's reuse rule: `layout/index.json` exists and `reference.txt`
 /// holds exactly the identity.
-fn entry_is_current(entry: &Path, identity: &str) -> bool {
+pub(super) fn entry_is_current(entry: &Path, identity: &str) -> bool {
     entry.join("layout/index.json").is_file()
         && fs::read(entry.join(REFERENCE_FILE)).is_ok_and(|bytes| bytes == identity.as_bytes())
 }

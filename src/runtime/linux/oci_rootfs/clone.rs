@@ -11,7 +11,7 @@
 //! unpacking again on ext4 and more on tmpfs.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -41,18 +41,14 @@ pub(super) fn clone_tree(source: &Path, target: &Path) -> Result<()> {
         .with_context(|| format!("mkdir {}", target.display()))?;
     let to = openat(&parent_fd, name, dir_flags(), Mode::empty())
         .with_context(|| format!("open {}", target.display()))?;
-    let mut copy = Copy {
-        to_root: to.try_clone().context("dup the target fd")?,
-        reflink: true,
-        links: HashMap::new(),
-    };
+    let mut copy = Copy::into(&to)?;
     copy.directory(&from, &to, Path::new(""))
         .and_then(|()| root_metadata(&from, &to, &root))
         .with_context(|| format!("copy {} to {}", source.display(), target.display()))
 }
 
 /// [`apply_metadata`] for the tree's root, through its own fds.
-fn root_metadata(from: &OwnedFd, to: &OwnedFd, stat: &Stat) -> Result<()> {
+pub(super) fn root_metadata(from: &OwnedFd, to: &OwnedFd, stat: &Stat) -> Result<()> {
     let owner = Some(rustix::fs::Uid::from_raw(stat.st_uid));
     let group = Some(rustix::fs::Gid::from_raw(stat.st_gid));
     rustix::fs::fchown(to, owner, group).context("chown .")?;
@@ -84,11 +80,12 @@ fn timestamps(stat: &Stat) -> Timestamps {
     }
 }
 
-fn dir_flags() -> OFlags {
+pub(super) fn dir_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
-struct Copy {
+/// Copies nodes into one target tree, keeping hardlinks as links.
+pub(super) struct Copy {
     /// The target's root, which hardlinks are made relative to.
     to_root: OwnedFd,
     /// Cleared at the first file the filesystem cannot reflink.
@@ -98,6 +95,15 @@ struct Copy {
 }
 
 impl Copy {
+    /// Copies into the tree whose root is open as `to_root`.
+    pub(super) fn into(to_root: &OwnedFd) -> Result<Copy> {
+        Ok(Copy {
+            to_root: to_root.try_clone().context("dup the target fd")?,
+            reflink: true,
+            links: HashMap::new(),
+        })
+    }
+
     /// Copies the entries of `from` into `to`; `rel` is their path in
     /// the tree, for errors and hardlinks.
     fn directory(&mut self, from: &OwnedFd, to: &OwnedFd, rel: &Path) -> Result<()> {
@@ -115,8 +121,15 @@ impl Copy {
         Ok(())
     }
 
-    /// Copies one node and its metadata.
-    fn node(&mut self, from: &OwnedFd, to: &OwnedFd, name: &OsString, rel: &Path) -> Result<()> {
+    /// Copies one node (a directory with its subtree) and its metadata;
+    /// `rel` is its path from the target's root.
+    pub(super) fn node(
+        &mut self,
+        from: &OwnedFd,
+        to: &OwnedFd,
+        name: &OsStr,
+        rel: &Path,
+    ) -> Result<()> {
         let stat = statat(from, name, AtFlags::SYMLINK_NOFOLLOW).context("stat")?;
         let kind = FileType::from_raw_mode(stat.st_mode);
         let key = (stat.st_dev, stat.st_ino);
@@ -183,7 +196,7 @@ impl Copy {
 
 /// Owner, mode (after the owner, which clears setuid), xattrs and times
 /// of `name` in `to`, from `stat` and from `name` in `from`.
-fn apply_metadata(
+pub(super) fn apply_metadata(
     from: &OwnedFd,
     to: &OwnedFd,
     name: &OsStr,
@@ -206,13 +219,13 @@ fn apply_metadata(
 
 /// `name` in the directory open as `dir`, as a path the `l*xattr` calls
 /// resolve through the fd: the last component is not followed.
-fn in_dir(dir: &impl AsFd, name: &OsStr) -> PathBuf {
+pub(super) fn in_dir(dir: &impl AsFd, name: &OsStr) -> PathBuf {
     let mut path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd()));
     path.push(name);
     path
 }
 
-fn copy_xattrs(from: &Path, to: &Path) -> Result<(), Errno> {
+pub(super) fn copy_xattrs(from: &Path, to: &Path) -> Result<(), Errno> {
     let len = match rustix::fs::llistxattr_query(from) {
         Ok(0) | Err(Errno::OPNOTSUPP) => return Ok(()),
         Ok(len) => len,
@@ -238,7 +251,7 @@ fn spare(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
     buf
 }
 
-fn shown(rel: &Path) -> String {
+pub(super) fn shown(rel: &Path) -> String {
     match rel.as_os_str().is_empty() {
         true => ".".to_owned(),
         false => rel.display().to_string(),

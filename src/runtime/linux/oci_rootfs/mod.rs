@@ -12,13 +12,17 @@
 //!   as its blob is in the layout;
 //! - [`pristine`] and [`clone`]: the unpacked tree kept in a cache entry,
 //!   and the fd copy of it that a cache hit gets instead of a second
-//!   decompression.
+//!   decompression;
+//! - [`seal`] and [`repair`]: a warm call keeps the bundle an earlier call
+//!   made, redoing only what was changed in it since.
 
 mod cache;
 mod clone;
 mod handoff;
 mod pristine;
 mod reference;
+mod repair;
+mod seal;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -64,12 +68,18 @@ pub fn prepare_oci_rootfs(
     // The same symlink-refusing walk as the package root, so a symlinked
     // `oci` cannot redirect the layout or the bundle.
     prepare_host_directory(&oci, "OCI package root")?;
+    let normalized = normalize_reference(reference);
+    let oci_arch = requested_arch.map(oci_arch_name).transpose();
+    if let (Some(cache), Ok(arch)) = (cache_root, &oci_arch) {
+        if let Some(rootfs) = untouched_bundle(cache, &normalized, arch.as_deref(), &oci)? {
+            return Ok(rootfs);
+        }
+    }
     // The old bundle is renamed aside and removed while the new one is
     // made: a warm call no longer waits for an `rm -rf` first.
     let old_bundle = OldBundle::set_aside(&oci, &bundle)?;
-    let normalized = normalize_reference(reference);
     // Checked before anything is fetched; the message is upstream's.
-    let oci_arch = requested_arch.map(oci_arch_name).transpose()?;
+    let oci_arch = oci_arch?;
     let platform = match oci_arch {
         Some(arch) => Platform::linux(arch)?,
         None => Platform::host(),
@@ -95,7 +105,12 @@ pub fn prepare_oci_rootfs(
         platform: &platform,
     };
     match cache_root {
-        Some(cache) => cached_rootfs(cache, &copy, oci_arch, &bundle)?,
+        Some(cache) => {
+            cached_rootfs(cache, &copy, oci_arch, &bundle)?;
+            let key = cache_key(&cache_identity(&normalized, oci_arch));
+            let pristine = pristine::pristine_path(&cache.join(&key));
+            seal::seal(&oci, bundle.path, &pristine, &key);
+        }
         None => {
             remove_if_exists(&destination)?;
             copy.copy_and_unpack(&destination, &destination, &bundle, || Ok(()))?;
@@ -112,6 +127,46 @@ pub fn prepare_oci_rootfs(
     Ok(rootfs)
 }
 
+/// The bundle's rootfs, when it is a sealed copy of the current cache
+/// entry's pristine tree, repaired where it was changed since (see
+/// [`seal`] and [`repair`]); `None` when the bundle has to be made anew.
+/// What earlier calls left aside is removed too, so the call leaves
+/// nothing behind.
+fn untouched_bundle(
+    cache: &Path,
+    normalized: &str,
+    oci_arch: Option<&str>,
+    oci: &Path,
+) -> Result<Option<PathBuf>> {
+    let identity = cache_identity(normalized, oci_arch);
+    let key = cache_key(&identity);
+    let entry = cache.join(&key);
+    let bundle = oci.join("bundle");
+    let pristine = pristine::pristine_path(&entry);
+    if !cache::entry_is_current(&entry, &identity) {
+        return Ok(None);
+    }
+    let Some(sealed) = seal::sealed_time(oci, &bundle, &pristine, &key) else {
+        return Ok(None);
+    };
+    // Unsealed while the repair runs: a failed or killed one is never
+    // taken for a whole bundle.
+    let (seal_path, held) = (oci.join(seal::SEAL), oci.join(seal::SEAL_TMP));
+    fs::rename(&seal_path, &held)
+        .with_context(|| format!("failed to move {} aside", seal_path.display()))?;
+    let rootfs = bundle.join("rootfs");
+    match repair::repair(&pristine, &rootfs, sealed) {
+        Ok(0) => fs::rename(&held, &seal_path)
+            .with_context(|| format!("failed to restore {}", seal_path.display()))?,
+        Ok(_) => seal::seal(oci, &bundle, &pristine, &key),
+        Err(_) => return Ok(None),
+    }
+    for leftover in OldBundle::leftovers(oci, None) {
+        remove_if_exists(&leftover)?;
+    }
+    Ok(rootfs.canonicalize().ok())
+}
+
 /// A previous bundle renamed aside, being removed on its own thread.
 struct OldBundle {
     removal: Option<(PathBuf, std::thread::JoinHandle<std::io::Result<()>>)>,
@@ -121,6 +176,9 @@ impl OldBundle {
     /// Renames `bundle` (if there is one) to a hidden sibling and starts
     /// removing that. Nothing else ever uses the hidden name.
     fn set_aside(oci: &Path, bundle: &Path) -> Result<OldBundle> {
+        // The seal describes the bundle about to go.
+        remove_if_exists(&oci.join(seal::SEAL))?;
+        remove_if_exists(&oci.join(seal::SEAL_TMP))?;
         if fs::symlink_metadata(bundle).is_err() {
             return Ok(OldBundle { removal: None });
         }
@@ -136,18 +194,28 @@ impl OldBundle {
             .with_context(|| format!("failed to move {} aside", bundle.display()))?;
         // Also what an earlier call that failed midway left aside.
         let mut doomed = vec![aside.clone()];
-        if let Ok(listing) = fs::read_dir(oci) {
-            doomed.extend(listing.flatten().map(|e| e.path()).filter(|p| {
-                p != &aside
-                    && p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with(".bundle.old-"))
-            }));
-        }
+        doomed.extend(Self::leftovers(oci, Some(&aside)));
         let thread =
             std::thread::spawn(move || doomed.iter().try_for_each(|p| remove_path_if_exists(p)));
         Ok(OldBundle {
             removal: Some((aside, thread)),
         })
+    }
+
+    /// Bundles earlier calls set aside and did not remove, but `except`.
+    fn leftovers(oci: &Path, except: Option<&Path>) -> Vec<PathBuf> {
+        let Ok(listing) = fs::read_dir(oci) else {
+            return Vec::new();
+        };
+        listing
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                Some(p.as_path()) != except
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(".bundle.old-"))
+            })
+            .collect()
     }
 
     /// Waits for the removal, so the call leaves nothing behind.

@@ -23,6 +23,11 @@ use super::{remove_if_exists, Bundle};
 const PRISTINE: &str = "rootfs";
 const STAGING: &str = "rootfs.tmp";
 
+/// Where the entry keeps its pristine rootfs.
+pub(super) fn pristine_path(entry: &Path) -> std::path::PathBuf {
+    entry.join(PRISTINE)
+}
+
 /// Fills the bundle from the entry's pristine rootfs, if it has one
 /// (`false` if not). The caller holds the entry lock shared.
 pub(super) fn copy_pristine(entry: &Path, bundle: &Bundle<'_>) -> Result<bool> {
