@@ -31,7 +31,8 @@ if [ -n "${need:-}" ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine podman skopeo docker-registry jq >/dev/null
 fi
-cargo build --release --bin metalor --example prepare_rootfs
+# The benchmarks use the `isal` feature, as the static binary does.
+cargo build --release --features isal --bin metalor --example prepare_rootfs
 METALOR=$PWD/target/release/metalor
 PREPARE=$PWD/target/release/examples/prepare_rootfs
 . benches/lib/registry.sh
