@@ -71,11 +71,32 @@ pub struct Applier<'r> {
     written: HashSet<Vec<u8>>,
     /// Directory mtimes, set once the layer's children are in place.
     dir_times: Vec<(Vec<u8>, u64)>,
-    /// The last parent directory resolved, by normalized path, with its
-    /// identity.
-    parent_cache: Option<(Vec<u8>, Rc<OwnedFd>, DirId)>,
+    /// The parent directories resolved last (see [`Parents`]).
+    parents: Parents,
+    /// The effective uid and gid: who owns what this process creates.
+    creator: (u32, u32),
     buffer: Box<[u8]>,
 }
+
+/// How many resolved parent directories the applier keeps open. Tar
+/// streams walk the tree depth first, so the next entry's parent is
+/// nearly always the last one or one of its few ancestors.
+const PARENTS_KEPT: usize = 8;
+
+/// A resolved parent directory: its normalized path, an `O_PATH` fd, its
+/// identity and its group.
+struct Parent {
+    path: Vec<u8>,
+    fd: Rc<OwnedFd>,
+    id: DirId,
+    gid: u32,
+}
+
+/// The parent directories resolved last, most recent first. Anything that
+/// removes or replaces a node clears it all, so no entry outlives the
+/// directory it names; see [`Applier::forget_parents`].
+#[derive(Default)]
+struct Parents(Vec<Parent>);
 
 impl<'r> Applier<'r> {
     /// An applier for the directory `root`, which the caller keeps open.
@@ -87,7 +108,11 @@ impl<'r> Applier<'r> {
             stats: LayerStats::default(),
             written: HashSet::new(),
             dir_times: Vec::new(),
-            parent_cache: None,
+            parents: Parents::default(),
+            creator: (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            ),
             buffer: vec![0u8; COPY_BUFFER].into_boxed_slice(),
         }
     }
@@ -133,18 +158,30 @@ impl<'r> Applier<'r> {
     }
 
     fn finish_layer(&mut self) -> Result<(), UnpackError> {
-        self.parent_cache = None;
-        for (path, mtime) in std::mem::take(&mut self.dir_times) {
-            // A later entry of the same layer may have replaced the directory;
-            // then there is nothing left to stamp.
-            let (parent, name) = path::split_parent(&path);
-            let Ok(dir) = fsops::open_dir_in_root(self.root, parent) else {
+        self.forget_parents();
+        // Parent fds opened for the stamping, most recent first; nothing
+        // below changes the tree but timestamps, so they stay valid.
+        let mut opened: Vec<(&[u8], Option<OwnedFd>)> = Vec::new();
+        let times = std::mem::take(&mut self.dir_times);
+        for (path, mtime) in &times {
+            let (parent, name) = path::split_parent(path);
+            match opened.iter().position(|(p, _)| *p == parent) {
+                Some(at) => opened[..=at].rotate_right(1),
+                None => {
+                    opened.truncate(PARENTS_KEPT - 1);
+                    let fd = fsops::open_dir_in_root(self.root, parent).ok();
+                    opened.insert(0, (parent, fd));
+                }
+            }
+            // A later entry of the same layer may have replaced the directory
+            // (or its parent); then there is nothing left to stamp.
+            let Some(dir) = opened[0].1.as_ref() else {
                 continue;
             };
             match fsops::lstat_at(dir.as_fd(), name) {
                 Ok(Some(st)) if fsops::file_type(&st) == FileType::Directory => {
-                    fsops::set_times_at_nofollow(dir.as_fd(), name, mtime)
-                        .map_err(|e| io_error("set mtime of", &path, e))?;
+                    fsops::set_times_at_nofollow(dir.as_fd(), name, *mtime)
+                        .map_err(|e| io_error("set mtime of", path, e))?;
                 }
                 _ => {}
             }
@@ -226,39 +263,65 @@ impl<'r> Applier<'r> {
     /// The directory fd for `parent`, creating missing directories (0755) as
     /// tar does.
     pub(super) fn parent_fd(&mut self, parent: &[u8]) -> Result<BorrowedFd<'_>, UnpackError> {
-        self.cache_parent(parent)?;
-        Ok(self
-            .parent_cache
-            .as_ref()
-            .map(|(_, fd, _)| fd.as_fd())
-            .unwrap())
+        Ok(self.cache_parent(parent)?.fd.as_fd())
     }
 
     /// The cached parent directory as a shared handle, for handlers that
     /// call back into the applier while they hold it (no `dup` per entry).
     pub(super) fn parent_dir(&mut self, parent: &[u8]) -> Result<Rc<OwnedFd>, UnpackError> {
-        self.cache_parent(parent)?;
-        Ok(self
-            .parent_cache
-            .as_ref()
-            .map(|(_, fd, _)| Rc::clone(fd))
-            .unwrap())
+        Ok(Rc::clone(&self.cache_parent(parent)?.fd))
     }
 
     /// The identity of the directory `parent` resolves to.
     pub(super) fn parent_id(&mut self, parent: &[u8]) -> Result<DirId, UnpackError> {
-        self.cache_parent(parent)?;
-        Ok(self.parent_cache.as_ref().map(|(_, _, id)| *id).unwrap())
+        Ok(self.cache_parent(parent)?.id)
     }
 
-    fn cache_parent(&mut self, parent: &[u8]) -> Result<(), UnpackError> {
-        let hit = matches!(&self.parent_cache, Some((p, _, _)) if p.as_slice() == parent);
-        if !hit {
-            let fd = self.resolve_or_create_dir(parent)?;
-            let id = dir_id(fd.as_fd()).map_err(|e| io_error("stat directory", parent, e))?;
-            self.parent_cache = Some((parent.to_vec(), Rc::new(fd), id));
+    /// Whether a node this process creates now in `parent` is owned by
+    /// `uid:gid` already, so that a chown would change nothing. The new
+    /// node's owner is our effective uid; its group is our effective gid,
+    /// or the directory's group when the directory is setgid (or the
+    /// filesystem is mounted `grpid`): when both groups are `gid`, either
+    /// rule gives `gid`.
+    pub(super) fn created_as(
+        &mut self,
+        parent: &[u8],
+        (uid, gid): (u32, u32),
+    ) -> Result<bool, UnpackError> {
+        let dir_gid = self.cache_parent(parent)?.gid;
+        Ok((uid, gid) == self.creator && dir_gid == gid)
+    }
+
+    /// Drops every resolved parent: a node was removed or replaced, or a
+    /// directory's owner or mode changed, so a kept fd or group may no
+    /// longer be what its path names.
+    pub(super) fn forget_parents(&mut self) {
+        self.parents.0.clear();
+    }
+
+    fn cache_parent(&mut self, parent: &[u8]) -> Result<&Parent, UnpackError> {
+        let kept = &mut self.parents.0;
+        match kept.iter().position(|p| p.path.as_slice() == parent) {
+            Some(0) => {}
+            Some(at) => kept[..=at].rotate_right(1),
+            None => {
+                let fd = self.resolve_or_create_dir(parent)?;
+                let st = rustix::fs::fstat(&fd)
+                    .map_err(|e| io_error("stat directory", parent, io::Error::from(e)))?;
+                let kept = &mut self.parents.0;
+                kept.truncate(PARENTS_KEPT - 1);
+                kept.insert(
+                    0,
+                    Parent {
+                        path: parent.to_vec(),
+                        fd: Rc::new(fd),
+                        id: (st.st_dev, st.st_ino),
+                        gid: st.st_gid,
+                    },
+                );
+            }
         }
-        Ok(())
+        Ok(&self.parents.0[0])
     }
 
     fn resolve_or_create_dir(&mut self, dir: &[u8]) -> Result<OwnedFd, UnpackError> {

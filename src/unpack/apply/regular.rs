@@ -21,6 +21,9 @@ impl Applier<'_> {
         sparse: Option<&PaxSparse>,
     ) -> Result<(), UnpackError> {
         let (parent, name) = path::split_parent(path);
+        // Asked before the create, while the parent is still kept; the file
+        // is always new (O_EXCL).
+        let chown = self.chown_on_create(entry, parent, path)?;
         let file = self.create_file(parent, name, path)?;
         let mut file = std::fs::File::from(file);
         if let Some(sparse) = sparse {
@@ -28,7 +31,7 @@ impl Applier<'_> {
             let mut count = |n: u64| count_bytes(stats, limit, n);
             sparse.write(entry, &mut file, path, &mut self.buffer, &mut count)?;
             self.stats.files += 1;
-            return self.finish_metadata(file.as_fd(), entry, path);
+            return self.finish_metadata(file.as_fd(), entry, path, chown);
         }
         let mut written = 0u64;
         loop {
@@ -54,7 +57,7 @@ impl Applier<'_> {
             )));
         }
         self.stats.files += 1;
-        self.finish_metadata(file.as_fd(), entry, path)?;
+        self.finish_metadata(file.as_fd(), entry, path, chown)?;
         Ok(())
     }
 
@@ -72,7 +75,7 @@ impl Applier<'_> {
         }
         let dir = self.parent_dir(parent)?;
         self.clear_slot(dir.as_fd(), name, path)?;
-        self.parent_cache = None;
+        self.forget_parents();
         fsops::create_file_at(dir.as_fd(), name).map_err(|e| io_error("create", path, e))
     }
 }
