@@ -8,11 +8,12 @@
 //! layer N+1 is already decoding while layer N is still being applied.
 #![forbid(unsafe_code)]
 
+use std::cell::{Ref, RefCell};
 use std::io::{self, Read};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 
-use super::apply::Applier;
+use super::apply::{Applier, Lend};
 use super::decode::{self, Compression, Rewound};
 use super::error::UnpackError;
 use crate::oci::{Digest, DigestHasher, ImageLayout, OciError, ResolvedImage};
@@ -143,17 +144,18 @@ pub fn apply_layers(
     std::thread::scope(|scope| {
         scope.spawn(move || decode_all(layers, tx, hash_tx, pool_rx));
         scope.spawn(move || hash_all(hash_rx, verdict_tx, hasher_pool));
-        let mut stream = ChunkStream {
+        let stream = RefCell::new(ChunkStream {
             rx,
             pool: pool_tx,
             current: Arc::new(Vec::new()),
             pos: 0,
+            owed: 0,
             ended: None,
             failure: None,
-        };
+        });
         for (i, digest) in digests.iter().enumerate() {
-            stream.ended = None;
-            let hashed = apply_one(applier, &mut stream).map_err(|e| (i, e))?;
+            stream.borrow_mut().ended = None;
+            let hashed = apply_one(applier, &stream).map_err(|e| (i, e))?;
             if hashed {
                 let verdict = verdict_rx.recv().unwrap_or_else(|_| {
                     Err(UnpackError::Stream(io::Error::other(
@@ -171,9 +173,14 @@ pub fn apply_layers(
 
 /// Applies one layer from the stream and reads the stream to the layer's
 /// end. Returns whether the hasher checks this layer's diff_id.
-fn apply_one(applier: &mut Applier<'_>, stream: &mut ChunkStream) -> Result<bool, UnpackError> {
-    let result = applier.apply_layer(&mut *stream).map(|_| ());
-    if let Some(failure) = stream.failure.take() {
+fn apply_one(
+    applier: &mut Applier<'_>,
+    stream: &RefCell<ChunkStream>,
+) -> Result<bool, UnpackError> {
+    let result = applier
+        .apply_layer_lent(Shared(stream), &Shared(stream))
+        .map(|_| ());
+    if let Some(failure) = stream.borrow_mut().failure.take() {
         return Err(failure);
     }
     result?;
@@ -181,7 +188,8 @@ fn apply_one(applier: &mut Applier<'_>, stream: &mut ChunkStream) -> Result<bool
     // on the blob comes after it. A decoder failure (a digest or size
     // mismatch found at the blob's end) is the error to report, not the read
     // that saw it.
-    let drained = io::copy(stream, &mut io::sink());
+    let drained = io::copy(&mut Shared(stream), &mut io::sink());
+    let mut stream = stream.borrow_mut();
     match (stream.failure.take(), drained, stream.ended) {
         (Some(failure), _, _) => Err(failure),
         (None, Err(e), _) => Err(UnpackError::Stream(e)),
@@ -192,22 +200,28 @@ fn apply_one(applier: &mut Applier<'_>, stream: &mut ChunkStream) -> Result<bool
     }
 }
 
-/// The applier's side of the channel: a `Read` over the chunks of one layer.
+/// The applier's side of the channel: the chunks of one layer, read
+/// through [`Shared`].
 struct ChunkStream {
     rx: Receiver<Msg>,
     pool: SyncSender<Vec<u8>>,
     current: Chunk,
     pos: usize,
+    /// Bytes lent in place that the tar reader has not read yet (see
+    /// [`Lend`]).
+    owed: u64,
     /// Set at the layer's end: whether the hasher checks its diff_id.
     ended: Option<bool>,
     failure: Option<UnpackError>,
 }
 
-impl Read for ChunkStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl ChunkStream {
+    /// Makes the current chunk one with bytes left to read, receiving the
+    /// next chunk if need be. False at the layer's end.
+    fn ready(&mut self) -> io::Result<bool> {
         while self.pos == self.current.len() {
             if self.ended.is_some() || self.failure.is_some() {
-                return Ok(0);
+                return Ok(false);
             }
             match self.rx.recv() {
                 Ok(Msg::Data(chunk)) => {
@@ -217,7 +231,7 @@ impl Read for ChunkStream {
                 }
                 Ok(Msg::End { hashed }) => {
                     self.ended = Some(hashed);
-                    return Ok(0);
+                    return Ok(false);
                 }
                 Ok(Msg::Failed(e)) => {
                     self.failure = Some(e);
@@ -228,10 +242,49 @@ impl Read for ChunkStream {
                 }
             }
         }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
+        Ok(true)
+    }
+}
+
+/// One handle on the applier's stream, as the tar reader's `Read` and as
+/// the applier's [`Lend`]; the two never hold it at once.
+struct Shared<'s>(&'s RefCell<ChunkStream>);
+
+impl Read for Shared<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut stream = self.0.borrow_mut();
+        if stream.owed > 0 {
+            // Written to the file in place already: only counted here.
+            let n = usize::try_from(stream.owed).map_or(buf.len(), |owed| owed.min(buf.len()));
+            stream.owed -= n as u64;
+            return Ok(n);
+        }
+        if !stream.ready()? {
+            return Ok(0);
+        }
+        let at = stream.pos;
+        let n = buf.len().min(stream.current.len() - at);
+        buf[..n].copy_from_slice(&stream.current[at..at + n]);
+        stream.pos += n;
         Ok(n)
+    }
+}
+
+impl Lend for Shared<'_> {
+    fn lend(&self, max: usize) -> io::Result<Ref<'_, [u8]>> {
+        let range = {
+            let mut stream = self.0.borrow_mut();
+            if !stream.ready()? {
+                0..0
+            } else {
+                let at = stream.pos;
+                let n = max.min(stream.current.len() - at);
+                stream.pos += n;
+                stream.owed += n as u64;
+                at..at + n
+            }
+        };
+        Ok(Ref::map(self.0.borrow(), |stream| &stream.current[range]))
     }
 }
 
@@ -312,7 +365,7 @@ fn decode_one(
     };
     let target = StreamTarget {
         digest: &layer.digest,
-        diff_id: layer.diff_id,
+        diff_id: layer.diff_id.clone(),
         declared: layer.compression,
     };
     let streamed = stream_blob(&mut hashed, target, tx, hash_tx, pool);
@@ -325,7 +378,7 @@ fn decode_one(
         }),
         other => other,
     };
-    let Some(diff_hashed) = streamed? else {
+    let Some(diff_check) = streamed? else {
         return Ok(None);
     };
     if hashed.count != layer.size {
@@ -338,27 +391,64 @@ fn decode_one(
     if let Some(hasher) = hashed.hasher {
         verify("blob digest", &layer.digest, hasher)?;
     }
-    Ok(Some(diff_hashed))
+    // The blob's own checks first: a blob that is not what the manifest
+    // names is reported as such, not by the diff_id it then also misses.
+    match diff_check {
+        DiffCheck::Here(hasher) => verify("diff_id", &layer.diff_id, hasher)?,
+        DiffCheck::Thread => return Ok(Some(true)),
+        DiffCheck::Covered => {}
+    }
+    Ok(Some(false))
+}
+
+/// Who checks a layer's diff_id.
+enum DiffCheck {
+    /// The blob digest covers the stream already (an uncompressed blob
+    /// whose diff_id is its digest, hashed here).
+    Covered,
+    /// The hasher thread.
+    Thread,
+    /// The decoder thread, chunk by chunk as it decodes them.
+    Here(DigestHasher),
+}
+
+/// Whether the decoder thread hashes the decoded stream itself rather than
+/// leaving it to the hasher thread. zstd and plain tar decode so fast that
+/// the decoder has time to spare while the applier works, and one thread
+/// fewer means fewer context switches; gzip inflate is the critical path on
+/// two cores, so there the hasher thread takes the hashing. With one core
+/// there is nothing to gain from a third thread.
+fn hash_in_decoder(kind: Compression) -> bool {
+    kind != Compression::Gzip || std::thread::available_parallelism().map_or(true, |n| n.get() < 2)
 }
 
 /// Decodes the blob into chunks, then reads the blob to its end so the
 /// digest and the size cover every byte. For an uncompressed blob whose
-/// diff_id is its digest, our blob check already covers the stream and the
-/// hasher is not used; otherwise (and always for a blob the caller
-/// verified, whose bytes we do not hash here) the hasher gets every chunk.
-/// Returns whether it did, or `None` if the applier hung up.
+/// diff_id is its digest, our blob check already covers the stream and
+/// the decoded bytes are not hashed; otherwise (and always for a blob the
+/// caller verified, whose bytes we do not hash here) they are, here or by
+/// the hasher thread ([`hash_in_decoder`]). Returns who checks the diff_id,
+/// or `None` if the applier hung up.
 fn stream_blob(
     hashed: &mut HashingReader,
     target: StreamTarget<'_>,
     tx: &SyncSender<Msg>,
     hash_tx: &SyncSender<HashMsg>,
     pool: &Receiver<Vec<u8>>,
-) -> Result<Option<bool>, UnpackError> {
+) -> Result<Option<DiffCheck>, UnpackError> {
     let blob_hashed_here = hashed.hasher.is_some();
     let (sniffed, rewound) = Rewound::sniff(&mut *hashed).map_err(UnpackError::Stream)?;
     let kind = decode::decide(target.declared, sniffed)?;
-    let hash = !(blob_hashed_here && kind == Compression::None && *target.digest == target.diff_id);
-    if hash && hash_tx.send(HashMsg::Start(target.diff_id)).is_err() {
+    let mut check =
+        if blob_hashed_here && kind == Compression::None && *target.digest == target.diff_id {
+            DiffCheck::Covered
+        } else if hash_in_decoder(kind) {
+            DiffCheck::Here(hasher_for("diff_id", &target.diff_id)?)
+        } else {
+            DiffCheck::Thread
+        };
+    let thread = matches!(check, DiffCheck::Thread);
+    if thread && hash_tx.send(HashMsg::Start(target.diff_id)).is_err() {
         return Ok(None);
     }
     {
@@ -368,13 +458,17 @@ fn stream_blob(
                 .try_recv()
                 .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
             buffer.resize(CHUNK, 0);
-            let n = fill(&mut decoder, &mut buffer).map_err(UnpackError::Stream)?;
+            let here = match &mut check {
+                DiffCheck::Here(hasher) => Some(hasher),
+                _ => None,
+            };
+            let n = fill(&mut decoder, &mut buffer, here).map_err(UnpackError::Stream)?;
             if n == 0 {
                 break;
             }
             buffer.truncate(n);
             let chunk = Arc::new(buffer);
-            if hash && hash_tx.send(HashMsg::Data(Arc::clone(&chunk))).is_err() {
+            if thread && hash_tx.send(HashMsg::Data(Arc::clone(&chunk))).is_err() {
                 return Ok(None);
             }
             if tx.send(Msg::Data(chunk)).is_err() {
@@ -384,18 +478,29 @@ fn stream_blob(
     }
     // The decoder may stop at its end marker; the digest covers every byte.
     io::copy(hashed, &mut io::sink()).map_err(UnpackError::Stream)?;
-    if hash && hash_tx.send(HashMsg::End).is_err() {
+    if thread && hash_tx.send(HashMsg::End).is_err() {
         return Ok(None);
     }
-    Ok(Some(hash))
+    Ok(Some(check))
 }
 
-fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+/// Fills `buf` from `reader` as far as it goes, hashing each piece as it
+/// arrives (while it is still in cache) when given a hasher.
+fn fill(
+    reader: &mut dyn Read,
+    buf: &mut [u8],
+    mut hasher: Option<&mut DigestHasher>,
+) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match reader.read(&mut buf[n..]) {
             Ok(0) => break,
-            Ok(k) => n += k,
+            Ok(k) => {
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(&buf[n..n + k]);
+                }
+                n += k;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }

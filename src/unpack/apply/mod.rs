@@ -16,7 +16,7 @@ mod special;
 mod symlink;
 mod whiteout;
 
-use std::cell::Cell;
+use std::cell::{Cell, Ref};
 use std::collections::HashSet;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -125,6 +125,24 @@ impl<'r> Applier<'r> {
     /// Applies one uncompressed tar stream as a layer. The reader is left
     /// positioned after the end-of-archive marker; the caller drains it.
     pub fn apply_layer<R: Read>(&mut self, reader: R) -> Result<R, UnpackError> {
+        self.apply_stream(reader, None)
+    }
+
+    /// [`Applier::apply_layer`] for a stream that lends its bytes in place
+    /// (see [`Lend`]): `reader` and `lender` are two handles on it.
+    pub(crate) fn apply_layer_lent<R: Read>(
+        &mut self,
+        reader: R,
+        lender: &dyn Lend,
+    ) -> Result<R, UnpackError> {
+        self.apply_stream(reader, Some(lender))
+    }
+
+    fn apply_stream<R: Read>(
+        &mut self,
+        reader: R,
+        lender: Option<&dyn Lend>,
+    ) -> Result<R, UnpackError> {
         let budget = Cell::new(METADATA_BUDGET);
         let mut archive = tar::Archive::new(Budgeted {
             inner: reader,
@@ -149,8 +167,9 @@ impl<'r> Applier<'r> {
                 }
                 Some(Err(e)) => return Err(UnpackError::Stream(e)),
             };
-            self.apply_entry(&mut entry)?;
-            // Skip what a non-file entry carries, outside the budget.
+            self.apply_entry(&mut entry, lender)?;
+            // Skip what a non-file entry carries, outside the budget (and
+            // take back what a lender lent, uncopied).
             drain(&mut entry, &mut self.buffer)?;
         }
         self.finish_layer()?;
@@ -190,7 +209,11 @@ impl<'r> Applier<'r> {
         Ok(())
     }
 
-    fn apply_entry<R: Read>(&mut self, entry: &mut Entry<'_, R>) -> Result<(), UnpackError> {
+    fn apply_entry<R: Read>(
+        &mut self,
+        entry: &mut Entry<'_, R>,
+        lender: Option<&dyn Lend>,
+    ) -> Result<(), UnpackError> {
         let kind = entry.header().entry_type();
         if matches!(kind, EntryType::XGlobalHeader) {
             return Ok(());
@@ -230,9 +253,12 @@ impl<'r> Applier<'r> {
             Whiteout::Delete(target) => return self.whiteout(parent, target),
         }
         match kind {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.regular(entry, &path, sparse.as_ref())?
-            }
+            EntryType::Regular | EntryType::Continuous => match sparse.as_ref() {
+                None => self.regular(entry, &path, lender)?,
+                Some(sparse) => self.sparse(entry, &path, sparse)?,
+            },
+            // Old GNU sparse: the tar crate fills the holes as it reads.
+            EntryType::GNUSparse => self.regular(entry, &path, None)?,
             EntryType::Directory => self.directory(entry, &path)?,
             EntryType::Symlink => self.symlink(entry, &path)?,
             EntryType::Link => self.hardlink(entry, &path, &raw)?,
@@ -350,6 +376,21 @@ impl<'r> Applier<'r> {
     ) -> Result<(), UnpackError> {
         fsops::remove_any_at(dir, name).map_err(|e| io_error("replace", path, e))
     }
+}
+
+/// A layer stream that can lend its next bytes in place, so that file
+/// content goes from the decoded chunk to the file with no copy between.
+///
+/// Bytes lent are consumed from the stream, and the tar reader, which
+/// still counts them as the entry's data, is owed them: the stream's next
+/// reads, up to that count, report bytes read without touching the
+/// caller's buffer. Only the entry's own data may be lent, and the entry
+/// is then drained (as every entry is), which takes the debt back before
+/// the tar reader looks for the next header.
+pub(crate) trait Lend {
+    /// The next bytes of the stream, at most `max` of them; empty at the
+    /// stream's end.
+    fn lend(&self, max: usize) -> io::Result<Ref<'_, [u8]>>;
 }
 
 /// A directory's identity: device and inode.
