@@ -1,11 +1,17 @@
 //! The layer pipeline, sized for two cores: a decoder thread reads, checks
-//! and decompresses each blob; a hasher thread computes the diff_id of the
-//! decompressed stream; the calling thread parses and applies it.
+//! and decompresses each blob; the calling thread parses and applies it;
+//! and the diff_id of the decompressed stream is hashed where there is time
+//! for it (see [`hash_in_decoder`]): by the decoder itself, each piece right
+//! after it is decoded, for zstd and plain tar, whose decoding is cheap, and
+//! by a third, hasher thread for gzip, whose inflate is the critical path.
 //!
 //! Decompressed chunks are shared (`Arc`) between the hasher and the
 //! applier through bounded channels and return to a pool when both are done
 //! with them, so memory stays at a few MiB whatever the layer size, and
 //! layer N+1 is already decoding while layer N is still being applied.
+//! Regular-file data goes from the chunk to the file without a copy in
+//! between: the applier borrows it in place ([`Lend`]), and the tar reader
+//! only counts those bytes.
 #![forbid(unsafe_code)]
 
 use std::cell::{Ref, RefCell};
@@ -394,7 +400,7 @@ fn decode_one(
     // The blob's own checks first: a blob that is not what the manifest
     // names is reported as such, not by the diff_id it then also misses.
     match diff_check {
-        DiffCheck::Here(hasher) => verify("diff_id", &layer.diff_id, hasher)?,
+        DiffCheck::Here(hasher) => verify("diff_id", &layer.diff_id, *hasher)?,
         DiffCheck::Thread => return Ok(Some(true)),
         DiffCheck::Covered => {}
     }
@@ -409,7 +415,7 @@ enum DiffCheck {
     /// The hasher thread.
     Thread,
     /// The decoder thread, chunk by chunk as it decodes them.
-    Here(DigestHasher),
+    Here(Box<DigestHasher>),
 }
 
 /// Whether the decoder thread hashes the decoded stream itself rather than
@@ -443,7 +449,7 @@ fn stream_blob(
         if blob_hashed_here && kind == Compression::None && *target.digest == target.diff_id {
             DiffCheck::Covered
         } else if hash_in_decoder(kind) {
-            DiffCheck::Here(hasher_for("diff_id", &target.diff_id)?)
+            DiffCheck::Here(Box::new(hasher_for("diff_id", &target.diff_id)?))
         } else {
             DiffCheck::Thread
         };
@@ -459,7 +465,7 @@ fn stream_blob(
                 .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
             buffer.resize(CHUNK, 0);
             let here = match &mut check {
-                DiffCheck::Here(hasher) => Some(hasher),
+                DiffCheck::Here(hasher) => Some(&mut **hasher),
                 _ => None,
             };
             let n = fill(&mut decoder, &mut buffer, here).map_err(UnpackError::Stream)?;
