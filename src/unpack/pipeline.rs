@@ -142,6 +142,9 @@ pub fn apply_layers(
         hasher_for("diff_id", &layer.diff_id).map_err(|e| (i, e))?;
         digests.push(layer.digest.clone());
     }
+    if one_core() {
+        return apply_inline(applier, layers, on_layer);
+    }
     let (tx, rx) = sync_channel::<Msg>(IN_FLIGHT);
     let (hash_tx, hash_rx) = sync_channel::<HashMsg>(IN_FLIGHT);
     let (verdict_tx, verdict_rx) = channel::<Result<(), UnpackError>>();
@@ -375,36 +378,64 @@ fn decode_one(
         declared: layer.compression,
     };
     let streamed = stream_blob(&mut hashed, target, tx, hash_tx, pool);
-    let streamed = match streamed {
-        // Past the declared size is a size mismatch, whatever read saw it.
-        Err(_) if hashed.count > layer.size => Err(UnpackError::Mismatch {
-            what: "blob size",
-            expected: layer.size.to_string(),
-            found: format!("more than {}", layer.size),
-        }),
-        other => other,
-    };
+    let streamed = oversize(streamed, &hashed, layer.size);
     let Some(diff_check) = streamed? else {
         return Ok(None);
     };
-    if hashed.count != layer.size {
+    finish_blob(
+        hashed,
+        &layer.digest,
+        layer.size,
+        &layer.diff_id,
+        diff_check,
+    )
+    .map(Some)
+}
+
+/// The checks once a blob was read to its end: its size, its digest, and
+/// the diff_id if it was hashed here. Returns whether the hasher thread
+/// checks the diff_id instead.
+fn finish_blob(
+    hashed: HashingReader,
+    digest: &Digest,
+    size: u64,
+    diff_id: &Digest,
+    diff_check: DiffCheck,
+) -> Result<bool, UnpackError> {
+    if hashed.count != size {
         return Err(UnpackError::Mismatch {
             what: "blob size",
-            expected: layer.size.to_string(),
+            expected: size.to_string(),
             found: hashed.count.to_string(),
         });
     }
     if let Some(hasher) = hashed.hasher {
-        verify("blob digest", &layer.digest, hasher)?;
+        verify("blob digest", digest, hasher)?;
     }
     // The blob's own checks first: a blob that is not what the manifest
     // names is reported as such, not by the diff_id it then also misses.
     match diff_check {
-        DiffCheck::Here(hasher) => verify("diff_id", &layer.diff_id, *hasher)?,
-        DiffCheck::Thread => return Ok(Some(true)),
+        DiffCheck::Here(hasher) => verify("diff_id", diff_id, *hasher)?,
+        DiffCheck::Thread => return Ok(true),
         DiffCheck::Covered => {}
     }
-    Ok(Some(false))
+    Ok(false)
+}
+
+/// Past the declared size is a size mismatch, whatever read saw it.
+fn oversize<T>(
+    result: Result<T, UnpackError>,
+    hashed: &HashingReader,
+    size: u64,
+) -> Result<T, UnpackError> {
+    match result {
+        Err(_) if hashed.count > size => Err(UnpackError::Mismatch {
+            what: "blob size",
+            expected: size.to_string(),
+            found: format!("more than {size}"),
+        }),
+        other => other,
+    }
 }
 
 /// Who checks a layer's diff_id.
@@ -422,10 +453,146 @@ enum DiffCheck {
 /// leaving it to the hasher thread. zstd and plain tar decode so fast that
 /// the decoder has time to spare while the applier works, and one thread
 /// fewer means fewer context switches; gzip inflate is the critical path on
-/// two cores, so there the hasher thread takes the hashing. With one core
-/// there is nothing to gain from a third thread.
+/// two cores, so there the hasher thread takes the hashing.
 fn hash_in_decoder(kind: Compression) -> bool {
-    kind != Compression::Gzip || std::thread::available_parallelism().map_or(true, |n| n.get() < 2)
+    kind != Compression::Gzip
+}
+
+/// Who checks the diff_id of a blob decoded as `kind`: nobody when the
+/// blob digest, hashed here, covers the stream; the decoding thread when
+/// `here`; the hasher thread otherwise.
+fn diff_check(
+    blob_hashed_here: bool,
+    kind: Compression,
+    target: &StreamTarget<'_>,
+    here: bool,
+) -> Result<DiffCheck, UnpackError> {
+    Ok(
+        if blob_hashed_here && kind == Compression::None && *target.digest == target.diff_id {
+            DiffCheck::Covered
+        } else if here {
+            DiffCheck::Here(Box::new(hasher_for("diff_id", &target.diff_id)?))
+        } else {
+            DiffCheck::Thread
+        },
+    )
+}
+
+/// Whether only one core is ours (`taskset`, a cgroup quota). Threads then
+/// only take turns: one thread doing everything is measurably faster (zstd
+/// 6%, gzip 1%, on the Debian image pinned to one core).
+fn one_core() -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() < 2)
+}
+
+/// The one-core path: each layer is read, checked, decoded, hashed and
+/// applied in the calling thread, with the same checks, in the same order,
+/// and the same errors as the threaded path.
+fn apply_inline(
+    applier: &mut Applier<'_>,
+    layers: Vec<LayerInput>,
+    on_layer: &mut dyn FnMut(usize, &Digest),
+) -> Result<(), (usize, UnpackError)> {
+    for (i, layer) in layers.into_iter().enumerate() {
+        let digest = layer.digest.clone();
+        apply_inline_one(applier, layer).map_err(|e| (i, e))?;
+        tracing::debug!(layer = i, %digest, "layer applied");
+        on_layer(i, &digest);
+    }
+    Ok(())
+}
+
+fn apply_inline_one(applier: &mut Applier<'_>, layer: LayerInput) -> Result<(), UnpackError> {
+    let hasher = if layer.blob_verified {
+        None
+    } else {
+        Some(hasher_for("blob digest", &layer.digest)?)
+    };
+    let mut hashed = HashingReader {
+        inner: layer.blob,
+        hasher,
+        count: 0,
+        limit: layer.size,
+    };
+    let target = StreamTarget {
+        digest: &layer.digest,
+        diff_id: layer.diff_id.clone(),
+        declared: layer.compression,
+    };
+    let streamed = oversize(
+        inline_blob(applier, &mut hashed, target),
+        &hashed,
+        layer.size,
+    );
+    let check = streamed?;
+    finish_blob(hashed, &layer.digest, layer.size, &layer.diff_id, check).map(|_| ())
+}
+
+/// [`stream_blob`] and [`apply_one`] in one thread: the tar reader reads
+/// the decoder directly. A decoder error is the error to report, not the
+/// tar reader's view of it.
+fn inline_blob(
+    applier: &mut Applier<'_>,
+    hashed: &mut HashingReader,
+    target: StreamTarget<'_>,
+) -> Result<DiffCheck, UnpackError> {
+    let blob_hashed_here = hashed.hasher.is_some();
+    let (sniffed, rewound) = Rewound::sniff(&mut *hashed).map_err(UnpackError::Stream)?;
+    let kind = decode::decide(target.declared, sniffed)?;
+    let mut check = diff_check(blob_hashed_here, kind, &target, true)?;
+    {
+        let mut decoded = Decoded {
+            inner: decode::decoder(kind, rewound).map_err(UnpackError::Stream)?,
+            hasher: match &mut check {
+                DiffCheck::Here(hasher) => Some(&mut **hasher),
+                _ => None,
+            },
+            failure: None,
+        };
+        let applied = applier.apply_layer(&mut decoded).map(|_| ());
+        // Past the end-of-archive marker: the diff_id covers it too.
+        let drained = applied.and_then(|()| {
+            io::copy(&mut decoded, &mut io::sink())
+                .map(|_| ())
+                .map_err(UnpackError::Stream)
+        });
+        if let Some(failure) = decoded.failure.take() {
+            return Err(UnpackError::Stream(failure));
+        }
+        drained?;
+    }
+    // The decoder may stop at its end marker; the digest covers every byte.
+    io::copy(hashed, &mut io::sink()).map_err(UnpackError::Stream)?;
+    Ok(check)
+}
+
+/// The decoded stream of the one-core path: hashed as it is read, and
+/// keeping the decoder's first error for the caller.
+struct Decoded<'h, R> {
+    inner: R,
+    hasher: Option<&'h mut DigestHasher>,
+    failure: Option<io::Error>,
+}
+
+impl<R: Read> Read for Decoded<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.failure.is_some() {
+            return Err(io::Error::other("layer decoder failed"));
+        }
+        match self.inner.read(buf) {
+            Ok(n) => {
+                if let Some(hasher) = self.hasher.as_mut() {
+                    hasher.update(&buf[..n]);
+                }
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                self.failure = Some(e);
+                Err(io::Error::other("layer decoder failed"))
+            }
+        }
+    }
 }
 
 /// Decodes the blob into chunks, then reads the blob to its end so the
@@ -445,14 +612,7 @@ fn stream_blob(
     let blob_hashed_here = hashed.hasher.is_some();
     let (sniffed, rewound) = Rewound::sniff(&mut *hashed).map_err(UnpackError::Stream)?;
     let kind = decode::decide(target.declared, sniffed)?;
-    let mut check =
-        if blob_hashed_here && kind == Compression::None && *target.digest == target.diff_id {
-            DiffCheck::Covered
-        } else if hash_in_decoder(kind) {
-            DiffCheck::Here(Box::new(hasher_for("diff_id", &target.diff_id)?))
-        } else {
-            DiffCheck::Thread
-        };
+    let mut check = diff_check(blob_hashed_here, kind, &target, hash_in_decoder(kind))?;
     let thread = matches!(check, DiffCheck::Thread);
     if thread && hash_tx.send(HashMsg::Start(target.diff_id)).is_err() {
         return Ok(None);
