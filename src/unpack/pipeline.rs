@@ -12,6 +12,10 @@
 //! Regular-file data goes from the chunk to the file without a copy in
 //! between: the applier borrows it in place ([`Lend`]), and the tar reader
 //! only counts those bytes.
+//!
+//! With only one core (`taskset`, a cgroup quota) threads would only take
+//! turns, so [`apply_inline`] does it all in the calling thread instead,
+//! with the same checks and errors.
 #![forbid(unsafe_code)]
 
 use std::cell::{Ref, RefCell};
