@@ -767,6 +767,43 @@ fn ownership_is_kept_as_root() {
     assert_eq!((m.uid(), m.gid()), (4_000_000, 4_000_001));
 }
 
+/// A new node is owned by the creator's uid and, in a setgid directory, by
+/// the directory's group: the chown that metalor skips for a node created
+/// with the entry's owner already must still happen where the kernel gave
+/// it another group, also after a later entry re-chowned the directory.
+#[test]
+fn owners_are_kept_in_setgid_directories() {
+    if !skip::require_root("owners_are_kept_in_setgid_directories") {
+        return;
+    }
+    let s = Scene::new();
+    let mut l1 = Tar::new();
+    let dir = |name: &[u8], gid| {
+        let mut d = Hdr::new(name, kind::DIR);
+        d.mode = 0o2755;
+        d.gid = gid;
+        d
+    };
+    let mut link = Hdr::new(b"sg/l", kind::SYMLINK);
+    link.linkname = b"a".to_vec();
+    // sg starts root's, then a later entry hands it to group 5678.
+    l1.entry(dir(b"sg", 0), b"")
+        .file("sg/a", b"a")
+        .entry(dir(b"sg", 5678), b"")
+        .file("sg/b", b"b")
+        .dir("sg/sub")
+        .entry(link, b"")
+        .entry(dir(b"g", 5678), b"")
+        .file("g/c", b"c");
+    s.unpack_tars(&[l1.finish()]);
+    assert_eq!(s.meta("sg").gid(), 5678);
+    assert_eq!(s.meta("g").gid(), 5678);
+    for p in ["sg/a", "sg/b", "sg/sub", "sg/l", "g/c"] {
+        let m = s.meta(p);
+        assert_eq!((m.uid(), m.gid()), (0, 0), "{p}");
+    }
+}
+
 #[test]
 fn char_device_is_created_as_root() {
     if !skip::require_root("char_device_is_created_as_root") {

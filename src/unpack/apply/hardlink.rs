@@ -68,7 +68,7 @@ impl Applier<'_> {
                 return Err(io_error("hardlink", path, e));
             }
             self.clear_slot(dir.as_fd(), name, path)?;
-            self.parent_cache = None;
+            self.forget_parents();
             fsops::link_at(src_dir.as_fd(), tname, dir.as_fd(), name)
                 .map_err(|e| io_error("hardlink", path, e))?;
         }

@@ -62,19 +62,41 @@ impl Applier<'_> {
             let (uid, gid) = owner(entry, b".")?;
             fsops::chown_fd(self.root, uid, gid).map_err(|e| io_error("chown", b".", e))?;
         }
+        // The root may be a kept parent, whose group is now stale.
+        self.forget_parents();
         fsops::chmod_fd(self.root, mode).map_err(|e| io_error("chmod", b".", e))
     }
 
-    /// Ownership, mode (after ownership, which clears setuid), xattrs, mtime.
+    /// Whether the node for `entry`, if this process creates it now in
+    /// `parent`, needs a chown: not when we may not chown at all, nor when
+    /// it is created with the entry's owner already
+    /// ([`Applier::created_as`]). A node that existed before needs one
+    /// whatever this says.
+    pub(super) fn chown_on_create<R: Read>(
+        &mut self,
+        entry: &Entry<'_, R>,
+        parent: &[u8],
+        path: &[u8],
+    ) -> Result<bool, UnpackError> {
+        if !self.privileges.chown {
+            return Ok(false);
+        }
+        let ids = owner(entry, path)?;
+        Ok(!self.created_as(parent, ids)?)
+    }
+
+    /// Ownership (only if `chown`), mode (after ownership, which clears
+    /// setuid), xattrs, mtime.
     pub(super) fn finish_metadata<R: Read>(
         &mut self,
         fd: BorrowedFd<'_>,
         entry: &mut Entry<'_, R>,
         path: &[u8],
+        chown: bool,
     ) -> Result<(), UnpackError> {
         let header = entry.header();
         let mode = header.mode().map_err(UnpackError::Stream)?;
-        if self.privileges.chown {
+        if chown {
             let (uid, gid) = owner(entry, path)?;
             fsops::chown_fd(fd, uid, gid).map_err(|e| io_error("chown", path, e))?;
         }

@@ -18,7 +18,7 @@ mod whiteout;
 
 pub(crate) use metadata::{image_xattr, XATTR_PREFIX};
 
-use std::cell::Cell;
+use std::cell::{Cell, Ref};
 use std::collections::HashSet;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -73,11 +73,32 @@ pub struct Applier<'r> {
     written: HashSet<Vec<u8>>,
     /// Directory mtimes, set once the layer's children are in place.
     dir_times: Vec<(Vec<u8>, u64)>,
-    /// The last parent directory resolved, by normalized path, with its
-    /// identity.
-    parent_cache: Option<(Vec<u8>, Rc<OwnedFd>, DirId)>,
+    /// The parent directories resolved last (see [`Parents`]).
+    parents: Parents,
+    /// The effective uid and gid: who owns what this process creates.
+    creator: (u32, u32),
     buffer: Box<[u8]>,
 }
+
+/// How many resolved parent directories the applier keeps open. Tar
+/// streams walk the tree depth first, so the next entry's parent is
+/// nearly always the last one or one of its few ancestors.
+const PARENTS_KEPT: usize = 8;
+
+/// A resolved parent directory: its normalized path, an `O_PATH` fd, its
+/// identity and its group.
+struct Parent {
+    path: Vec<u8>,
+    fd: Rc<OwnedFd>,
+    id: DirId,
+    gid: u32,
+}
+
+/// The parent directories resolved last, most recent first. Anything that
+/// removes or replaces a node clears it all, so no entry outlives the
+/// directory it names; see [`Applier::forget_parents`].
+#[derive(Default)]
+struct Parents(Vec<Parent>);
 
 impl<'r> Applier<'r> {
     /// An applier for the directory `root`, which the caller keeps open.
@@ -89,7 +110,11 @@ impl<'r> Applier<'r> {
             stats: LayerStats::default(),
             written: HashSet::new(),
             dir_times: Vec::new(),
-            parent_cache: None,
+            parents: Parents::default(),
+            creator: (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            ),
             buffer: vec![0u8; COPY_BUFFER].into_boxed_slice(),
         }
     }
@@ -102,6 +127,24 @@ impl<'r> Applier<'r> {
     /// Applies one uncompressed tar stream as a layer. The reader is left
     /// positioned after the end-of-archive marker; the caller drains it.
     pub fn apply_layer<R: Read>(&mut self, reader: R) -> Result<R, UnpackError> {
+        self.apply_stream(reader, None)
+    }
+
+    /// [`Applier::apply_layer`] for a stream that lends its bytes in place
+    /// (see [`Lend`]): `reader` and `lender` are two handles on it.
+    pub(crate) fn apply_layer_lent<R: Read>(
+        &mut self,
+        reader: R,
+        lender: &dyn Lend,
+    ) -> Result<R, UnpackError> {
+        self.apply_stream(reader, Some(lender))
+    }
+
+    fn apply_stream<R: Read>(
+        &mut self,
+        reader: R,
+        lender: Option<&dyn Lend>,
+    ) -> Result<R, UnpackError> {
         let budget = Cell::new(METADATA_BUDGET);
         let mut archive = tar::Archive::new(Budgeted {
             inner: reader,
@@ -126,8 +169,9 @@ impl<'r> Applier<'r> {
                 }
                 Some(Err(e)) => return Err(UnpackError::Stream(e)),
             };
-            self.apply_entry(&mut entry)?;
-            // Skip what a non-file entry carries, outside the budget.
+            self.apply_entry(&mut entry, lender)?;
+            // Skip what a non-file entry carries, outside the budget (and
+            // take back what a lender lent, uncopied).
             drain(&mut entry, &mut self.buffer)?;
         }
         self.finish_layer()?;
@@ -135,18 +179,30 @@ impl<'r> Applier<'r> {
     }
 
     fn finish_layer(&mut self) -> Result<(), UnpackError> {
-        self.parent_cache = None;
-        for (path, mtime) in std::mem::take(&mut self.dir_times) {
-            // A later entry of the same layer may have replaced the directory;
-            // then there is nothing left to stamp.
-            let (parent, name) = path::split_parent(&path);
-            let Ok(dir) = fsops::open_dir_in_root(self.root, parent) else {
+        self.forget_parents();
+        // Parent fds opened for the stamping, most recent first; nothing
+        // below changes the tree but timestamps, so they stay valid.
+        let mut opened: Vec<(&[u8], Option<OwnedFd>)> = Vec::new();
+        let times = std::mem::take(&mut self.dir_times);
+        for (path, mtime) in &times {
+            let (parent, name) = path::split_parent(path);
+            match opened.iter().position(|(p, _)| *p == parent) {
+                Some(at) => opened[..=at].rotate_right(1),
+                None => {
+                    opened.truncate(PARENTS_KEPT - 1);
+                    let fd = fsops::open_dir_in_root(self.root, parent).ok();
+                    opened.insert(0, (parent, fd));
+                }
+            }
+            // A later entry of the same layer may have replaced the directory
+            // (or its parent); then there is nothing left to stamp.
+            let Some(dir) = opened[0].1.as_ref() else {
                 continue;
             };
             match fsops::lstat_at(dir.as_fd(), name) {
                 Ok(Some(st)) if fsops::file_type(&st) == FileType::Directory => {
-                    fsops::set_times_at_nofollow(dir.as_fd(), name, mtime)
-                        .map_err(|e| io_error("set mtime of", &path, e))?;
+                    fsops::set_times_at_nofollow(dir.as_fd(), name, *mtime)
+                        .map_err(|e| io_error("set mtime of", path, e))?;
                 }
                 _ => {}
             }
@@ -155,7 +211,11 @@ impl<'r> Applier<'r> {
         Ok(())
     }
 
-    fn apply_entry<R: Read>(&mut self, entry: &mut Entry<'_, R>) -> Result<(), UnpackError> {
+    fn apply_entry<R: Read>(
+        &mut self,
+        entry: &mut Entry<'_, R>,
+        lender: Option<&dyn Lend>,
+    ) -> Result<(), UnpackError> {
         let kind = entry.header().entry_type();
         if matches!(kind, EntryType::XGlobalHeader) {
             return Ok(());
@@ -195,9 +255,12 @@ impl<'r> Applier<'r> {
             Whiteout::Delete(target) => return self.whiteout(parent, target),
         }
         match kind {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.regular(entry, &path, sparse.as_ref())?
-            }
+            EntryType::Regular | EntryType::Continuous => match sparse.as_ref() {
+                None => self.regular(entry, &path, lender)?,
+                Some(sparse) => self.sparse(entry, &path, sparse)?,
+            },
+            // Old GNU sparse: the tar crate fills the holes as it reads.
+            EntryType::GNUSparse => self.regular(entry, &path, None)?,
             EntryType::Directory => self.directory(entry, &path)?,
             EntryType::Symlink => self.symlink(entry, &path)?,
             EntryType::Link => self.hardlink(entry, &path, &raw)?,
@@ -228,39 +291,65 @@ impl<'r> Applier<'r> {
     /// The directory fd for `parent`, creating missing directories (0755) as
     /// tar does.
     pub(super) fn parent_fd(&mut self, parent: &[u8]) -> Result<BorrowedFd<'_>, UnpackError> {
-        self.cache_parent(parent)?;
-        Ok(self
-            .parent_cache
-            .as_ref()
-            .map(|(_, fd, _)| fd.as_fd())
-            .unwrap())
+        Ok(self.cache_parent(parent)?.fd.as_fd())
     }
 
     /// The cached parent directory as a shared handle, for handlers that
     /// call back into the applier while they hold it (no `dup` per entry).
     pub(super) fn parent_dir(&mut self, parent: &[u8]) -> Result<Rc<OwnedFd>, UnpackError> {
-        self.cache_parent(parent)?;
-        Ok(self
-            .parent_cache
-            .as_ref()
-            .map(|(_, fd, _)| Rc::clone(fd))
-            .unwrap())
+        Ok(Rc::clone(&self.cache_parent(parent)?.fd))
     }
 
     /// The identity of the directory `parent` resolves to.
     pub(super) fn parent_id(&mut self, parent: &[u8]) -> Result<DirId, UnpackError> {
-        self.cache_parent(parent)?;
-        Ok(self.parent_cache.as_ref().map(|(_, _, id)| *id).unwrap())
+        Ok(self.cache_parent(parent)?.id)
     }
 
-    fn cache_parent(&mut self, parent: &[u8]) -> Result<(), UnpackError> {
-        let hit = matches!(&self.parent_cache, Some((p, _, _)) if p.as_slice() == parent);
-        if !hit {
-            let fd = self.resolve_or_create_dir(parent)?;
-            let id = dir_id(fd.as_fd()).map_err(|e| io_error("stat directory", parent, e))?;
-            self.parent_cache = Some((parent.to_vec(), Rc::new(fd), id));
+    /// Whether a node this process creates now in `parent` is owned by
+    /// `uid:gid` already, so that a chown would change nothing. The new
+    /// node's owner is our effective uid; its group is our effective gid,
+    /// or the directory's group when the directory is setgid (or the
+    /// filesystem is mounted `grpid`): when both groups are `gid`, either
+    /// rule gives `gid`.
+    pub(super) fn created_as(
+        &mut self,
+        parent: &[u8],
+        (uid, gid): (u32, u32),
+    ) -> Result<bool, UnpackError> {
+        let dir_gid = self.cache_parent(parent)?.gid;
+        Ok((uid, gid) == self.creator && dir_gid == gid)
+    }
+
+    /// Drops every resolved parent: a node was removed or replaced, or a
+    /// directory's owner or mode changed, so a kept fd or group may no
+    /// longer be what its path names.
+    pub(super) fn forget_parents(&mut self) {
+        self.parents.0.clear();
+    }
+
+    fn cache_parent(&mut self, parent: &[u8]) -> Result<&Parent, UnpackError> {
+        let kept = &mut self.parents.0;
+        match kept.iter().position(|p| p.path.as_slice() == parent) {
+            Some(0) => {}
+            Some(at) => kept[..=at].rotate_right(1),
+            None => {
+                let fd = self.resolve_or_create_dir(parent)?;
+                let st = rustix::fs::fstat(&fd)
+                    .map_err(|e| io_error("stat directory", parent, io::Error::from(e)))?;
+                let kept = &mut self.parents.0;
+                kept.truncate(PARENTS_KEPT - 1);
+                kept.insert(
+                    0,
+                    Parent {
+                        path: parent.to_vec(),
+                        fd: Rc::new(fd),
+                        id: (st.st_dev, st.st_ino),
+                        gid: st.st_gid,
+                    },
+                );
+            }
         }
-        Ok(())
+        Ok(&self.parents.0[0])
     }
 
     fn resolve_or_create_dir(&mut self, dir: &[u8]) -> Result<OwnedFd, UnpackError> {
@@ -289,6 +378,21 @@ impl<'r> Applier<'r> {
     ) -> Result<(), UnpackError> {
         fsops::remove_any_at(dir, name).map_err(|e| io_error("replace", path, e))
     }
+}
+
+/// A layer stream that can lend its next bytes in place, so that file
+/// content goes from the decoded chunk to the file with no copy between.
+///
+/// Bytes lent are consumed from the stream, and the tar reader, which
+/// still counts them as the entry's data, is owed them: the stream's next
+/// reads, up to that count, report bytes read without touching the
+/// caller's buffer. Only the entry's own data may be lent, and the entry
+/// is then drained (as every entry is), which takes the debt back before
+/// the tar reader looks for the next header.
+pub(crate) trait Lend {
+    /// The next bytes of the stream, at most `max` of them; empty at the
+    /// stream's end.
+    fn lend(&self, max: usize) -> io::Result<Ref<'_, [u8]>>;
 }
 
 /// A directory's identity: device and inode.

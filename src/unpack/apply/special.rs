@@ -41,7 +41,7 @@ impl Applier<'_> {
         let (parent, name) = path::split_parent(path);
         let dir = self.parent_dir(parent)?;
         self.clear_slot(dir.as_fd(), name, path)?;
-        self.parent_cache = None;
+        self.forget_parents();
         fsops::mknod_at(dir.as_fd(), name, kind, mode, dev)
             .map_err(|e| io_error("mknod", path, e))?;
         if self.privileges.chown {

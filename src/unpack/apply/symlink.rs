@@ -25,16 +25,18 @@ impl Applier<'_> {
             .into_owned();
         let (parent, name) = path::split_parent(path);
         let dir = self.parent_dir(parent)?;
+        // The symlink is always new, created by us.
+        let chown = self.chown_on_create(entry, parent, path)?;
         if let Err(e) = fsops::symlink_at(dir.as_fd(), name, &target) {
             if e.raw_os_error() != Some(Errno::EXIST.raw_os_error()) {
                 return Err(io_error("symlink", path, e));
             }
             self.clear_slot(dir.as_fd(), name, path)?;
-            self.parent_cache = None;
+            self.forget_parents();
             fsops::symlink_at(dir.as_fd(), name, &target)
                 .map_err(|e| io_error("symlink", path, e))?;
         }
-        if self.privileges.chown {
+        if chown {
             let (uid, gid) = owner(entry, path)?;
             fsops::lchown_at(dir.as_fd(), name, uid, gid)
                 .map_err(|e| io_error("chown", path, e))?;

@@ -21,7 +21,7 @@ impl Applier<'_> {
         let Some(dir) = self.existing_dir(parent)? else {
             return Ok(());
         };
-        self.parent_cache = None;
+        self.forget_parents();
         let id = dir_id(dir.as_fd()).map_err(|e| io_error("stat directory", parent, e))?;
         self.remove_lower(dir.as_fd(), id, target, &path)
     }
@@ -35,7 +35,7 @@ impl Applier<'_> {
         // Reopen readable: the resolved fd is O_PATH, which cannot list.
         let dir = fsops::open_subdir_nofollow(dir.as_fd(), b".")
             .map_err(|e| io_error("open directory", dir_path, e))?;
-        self.parent_cache = None;
+        self.forget_parents();
         let id = dir_id(dir.as_fd()).map_err(|e| io_error("stat directory", dir_path, e))?;
         self.remove_lower_children(dir.as_fd(), id, dir_path)
     }
