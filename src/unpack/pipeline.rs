@@ -362,22 +362,8 @@ fn decode_one(
     hash_tx: &SyncSender<HashMsg>,
     pool: &Receiver<Vec<u8>>,
 ) -> Result<Option<bool>, UnpackError> {
-    let hasher = if layer.blob_verified {
-        None
-    } else {
-        Some(hasher_for("blob digest", &layer.digest)?)
-    };
-    let mut hashed = HashingReader {
-        inner: layer.blob,
-        hasher,
-        count: 0,
-        limit: layer.size,
-    };
-    let target = StreamTarget {
-        digest: &layer.digest,
-        diff_id: layer.diff_id.clone(),
-        declared: layer.compression,
-    };
+    let (mut hashed, layer) = HashingReader::of(layer)?;
+    let target = layer.target();
     let streamed = stream_blob(&mut hashed, target, tx, hash_tx, pool);
     let streamed = oversize(streamed, &hashed, layer.size);
     let Some(diff_check) = streamed? else {
@@ -496,22 +482,8 @@ fn apply_inline(
 }
 
 fn apply_inline_one(applier: &mut Applier<'_>, layer: LayerInput) -> Result<(), UnpackError> {
-    let hasher = if layer.blob_verified {
-        None
-    } else {
-        Some(hasher_for("blob digest", &layer.digest)?)
-    };
-    let mut hashed = HashingReader {
-        inner: layer.blob,
-        hasher,
-        count: 0,
-        limit: layer.size,
-    };
-    let target = StreamTarget {
-        digest: &layer.digest,
-        diff_id: layer.diff_id.clone(),
-        declared: layer.compression,
-    };
+    let (mut hashed, layer) = HashingReader::of(layer)?;
+    let target = layer.target();
     let streamed = oversize(
         inline_blob(applier, &mut hashed, target),
         &hashed,
@@ -669,6 +641,50 @@ struct HashingReader {
     hasher: Option<DigestHasher>,
     count: u64,
     limit: u64,
+}
+
+/// What of a [`LayerInput`] the checks need once its stream is taken.
+struct LayerCheck {
+    digest: Digest,
+    diff_id: Digest,
+    compression: Option<Compression>,
+    size: u64,
+}
+
+impl LayerCheck {
+    fn target(&self) -> StreamTarget<'_> {
+        StreamTarget {
+            digest: &self.digest,
+            diff_id: self.diff_id.clone(),
+            declared: self.compression,
+        }
+    }
+}
+
+impl HashingReader {
+    /// The layer's blob stream, hashed against its digest unless the blob
+    /// was verified already, and bounded by its size; with what the
+    /// checks after the stream need.
+    fn of(layer: LayerInput) -> Result<(HashingReader, LayerCheck), UnpackError> {
+        let hasher = if layer.blob_verified {
+            None
+        } else {
+            Some(hasher_for("blob digest", &layer.digest)?)
+        };
+        let reader = HashingReader {
+            inner: layer.blob,
+            hasher,
+            count: 0,
+            limit: layer.size,
+        };
+        let check = LayerCheck {
+            digest: layer.digest,
+            diff_id: layer.diff_id,
+            compression: layer.compression,
+            size: layer.size,
+        };
+        Ok((reader, check))
+    }
 }
 
 impl Read for HashingReader {
