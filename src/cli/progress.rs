@@ -87,74 +87,78 @@ impl Bars {
 
     /// A pull callback that draws one bar per blob; `None` when hidden.
     pub fn pull_events(&self) -> Option<ProgressFn> {
-        if !self.is_shown() {
-            return None;
-        }
-        let bars = self.clone();
-        let open: Mutex<HashMap<Digest, ProgressBar>> = Mutex::new(HashMap::new());
-        Some(Arc::new(move |event: &PullEvent| {
-            let Ok(mut open) = open.lock() else { return };
-            match event {
-                PullEvent::BlobStarted { digest, size } => {
-                    open.insert(digest.clone(), bars.blob_bar(digest, *size));
-                }
-                PullEvent::Bytes { digest, bytes } => {
-                    if let Some(bar) = open.get(digest) {
-                        bar.inc(*bytes);
-                    }
-                }
-                PullEvent::BlobDone {
-                    digest,
-                    size,
-                    fetched,
-                } => {
-                    let bar = open
-                        .remove(digest)
-                        .unwrap_or_else(|| bars.blob_bar(digest, *size));
-                    bar.set_position(*size);
-                    bar.finish_with_message(if *fetched == 0 { "present" } else { "done" });
-                }
-                _ => {}
-            }
-        }))
+        let draw = self.blob_events(|event: &PullEvent| match event {
+            PullEvent::BlobStarted { digest, size } => Step::Start(digest, *size),
+            PullEvent::Bytes { digest, bytes } => Step::Bytes(digest, *bytes),
+            PullEvent::BlobDone {
+                digest,
+                size,
+                fetched,
+            } => Step::Done(
+                digest,
+                *size,
+                if *fetched == 0 { "present" } else { "done" },
+            ),
+            _ => Step::Other,
+        })?;
+        Some(Arc::new(draw))
     }
 
     /// A push callback that draws one bar per blob; `None` when hidden.
     pub fn push_events(&self) -> Option<PushProgressFn> {
+        let draw = self.blob_events(|event: &PushEvent| match event {
+            PushEvent::BlobStarted { digest, size } => Step::Start(digest, *size),
+            PushEvent::Bytes { digest, bytes } => Step::Bytes(digest, *bytes),
+            PushEvent::BlobDone {
+                digest,
+                size,
+                outcome,
+            } => Step::Done(
+                digest,
+                *size,
+                match outcome {
+                    BlobOutcome::Mounted { .. } => "mounted",
+                    BlobOutcome::Present => "present",
+                    _ => "uploaded",
+                },
+            ),
+            _ => Step::Other,
+        })?;
+        Some(Arc::new(draw))
+    }
+
+    /// One bar per blob, driven by events that `step` sorts; `None` when
+    /// hidden.
+    fn blob_events<E>(
+        &self,
+        step: impl Fn(&E) -> Step<'_> + Send + Sync,
+    ) -> Option<impl Fn(&E) + Send + Sync> {
         if !self.is_shown() {
             return None;
         }
         let bars = self.clone();
         let open: Mutex<HashMap<Digest, ProgressBar>> = Mutex::new(HashMap::new());
-        Some(Arc::new(move |event: &PushEvent| {
+        Some(move |event: &E| {
             let Ok(mut open) = open.lock() else { return };
-            match event {
-                PushEvent::BlobStarted { digest, size } => {
-                    open.insert(digest.clone(), bars.blob_bar(digest, *size));
+            match step(event) {
+                Step::Start(digest, size) => {
+                    open.insert(digest.clone(), bars.blob_bar(digest, size));
                 }
-                PushEvent::Bytes { digest, bytes } => {
+                Step::Bytes(digest, bytes) => {
                     if let Some(bar) = open.get(digest) {
-                        bar.inc(*bytes);
+                        bar.inc(bytes);
                     }
                 }
-                PushEvent::BlobDone {
-                    digest,
-                    size,
-                    outcome,
-                } => {
+                Step::Done(digest, size, word) => {
                     let bar = open
                         .remove(digest)
-                        .unwrap_or_else(|| bars.blob_bar(digest, *size));
-                    bar.set_position(*size);
-                    bar.finish_with_message(match outcome {
-                        BlobOutcome::Mounted { .. } => "mounted",
-                        BlobOutcome::Present => "present",
-                        _ => "uploaded",
-                    });
+                        .unwrap_or_else(|| bars.blob_bar(digest, size));
+                    bar.set_position(size);
+                    bar.finish_with_message(word);
                 }
-                _ => {}
+                Step::Other => {}
             }
-        }))
+        })
     }
 
     fn bar(&self, size: u64, prefix: String) -> ProgressBar {
@@ -166,6 +170,18 @@ impl Bars {
             .progress_chars("=> ");
         multi.add(ProgressBar::new(size).with_style(style).with_prefix(prefix))
     }
+}
+
+/// What a transfer event means for its blob's bar.
+enum Step<'a> {
+    /// A bar of this size starts.
+    Start(&'a Digest, u64),
+    /// The bar moves by this many bytes.
+    Bytes(&'a Digest, u64),
+    /// The bar is full, with this last word.
+    Done(&'a Digest, u64, &'static str),
+    /// Not about a blob's bytes.
+    Other,
 }
 
 /// Runs `write` with the bars lifted off the screen, if any are up, so
