@@ -11,7 +11,6 @@ use anyhow::Context;
 use metalor::oci::registry::{self, PushOptions, PushReport};
 
 use super::progress::Bars;
-use metalor::oci::Platform;
 
 /// Flags `copy` and `push` share.
 #[derive(clap::Args, Debug)]
@@ -96,10 +95,7 @@ pub fn run_push(args: &PushArgs) -> anyhow::Result<()> {
 fn options(flags: &TransferFlags, all: bool) -> anyhow::Result<PushOptions> {
     metalor::cleanup::remove_temporaries_on_signal()
         .context("block SIGINT and SIGTERM for the cleanup thread")?;
-    let platform = match &flags.platform {
-        Some(p) => Platform::parse(p)?,
-        None => Platform::host(),
-    };
+    let platform = super::platform_arg(flags.platform.as_deref())?;
     Ok(PushOptions {
         platform,
         all,

@@ -72,10 +72,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
 
 /// The platform `--platform` names, else the host's.
 fn platform(args: &InspectArgs) -> Result<Platform> {
-    Ok(match &args.platform {
-        Some(text) => Platform::parse(text)?,
-        None => Platform::host(),
-    })
+    super::platform_arg(args.platform.as_deref())
 }
 
 /// Builds the output; separate from printing so it can be tested.

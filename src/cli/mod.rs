@@ -119,6 +119,14 @@ pub fn main() -> i32 {
     }
 }
 
+/// `--platform`, or the host's platform when it is not given.
+fn platform_arg(platform: Option<&str>) -> Result<metalor::oci::Platform> {
+    match platform {
+        Some(text) => Ok(metalor::oci::Platform::parse(text)?),
+        None => Ok(metalor::oci::Platform::host()),
+    }
+}
+
 /// One line for the error, then one line per cause, most specific last.
 fn report(err: &anyhow::Error) {
     eprintln!("metalor: error: {err}");

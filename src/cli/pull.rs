@@ -5,7 +5,6 @@
 
 use anyhow::Context;
 use metalor::oci::registry::{self, PullOptions};
-use metalor::oci::Platform;
 
 use super::progress::Bars;
 
@@ -40,10 +39,7 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
     // and exits 130 or 143.
     metalor::cleanup::remove_temporaries_on_signal()
         .context("block SIGINT and SIGTERM for the cleanup thread")?;
-    let platform = match &args.platform {
-        Some(p) => Platform::parse(p)?,
-        None => Platform::host(),
-    };
+    let platform = super::platform_arg(args.platform.as_deref())?;
     let options = PullOptions {
         platform,
         insecure: args.insecure,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use metalor::oci::{Compression, LayoutRef, Platform};
+use metalor::oci::{Compression, LayoutRef};
 use metalor::repack::{repack, Changes, RepackOptions};
 
 use super::progress::Bars;
@@ -56,10 +56,7 @@ pub fn run(args: &RepackArgs) -> anyhow::Result<()> {
     metalor::cleanup::remove_temporaries_on_signal()
         .context("block SIGINT and SIGTERM for the cleanup thread")?;
     let source = LayoutRef::parse(&args.image)?;
-    let platform = match &args.platform {
-        Some(p) => Platform::parse(p)?,
-        None => Platform::host(),
-    };
+    let platform = super::platform_arg(args.platform.as_deref())?;
     let changes = match (&args.rootfs, &args.upper) {
         (Some(rootfs), _) => Changes::Rootfs(rootfs),
         (None, Some(upper)) => Changes::Upper(upper),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use indicatif::ProgressBar;
-use metalor::oci::{ImageLayout, LayoutRef, Platform};
+use metalor::oci::{ImageLayout, LayoutRef};
 use metalor::unpack::{unpack_layers_into, LayerInput, UnpackOptions};
 
 use super::progress::Bars;
@@ -41,10 +41,7 @@ pub fn run(args: &UnpackArgs) -> anyhow::Result<()> {
     metalor::cleanup::remove_temporaries_on_signal()
         .context("block SIGINT and SIGTERM for the cleanup thread")?;
     let source = LayoutRef::parse(&args.image)?;
-    let platform = match &args.platform {
-        Some(p) => Platform::parse(p)?,
-        None => Platform::host(),
-    };
+    let platform = super::platform_arg(args.platform.as_deref())?;
     let layout = ImageLayout::open(&source.dir)?;
     let image = layout
         .resolve(source.reference.as_deref(), &platform)
