@@ -435,7 +435,7 @@ fn tmp_owner(name: &str) -> Option<i32> {
 }
 
 /// Whether a process with this PID exists (EPERM: it does, as another user's).
-fn pid_alive(pid: i32) -> bool {
+pub(crate) fn pid_alive(pid: i32) -> bool {
     let Some(pid) = rustix::process::Pid::from_raw(pid) else {
         return true;
     };

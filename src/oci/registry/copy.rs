@@ -21,6 +21,7 @@ use super::push::{self, PushOptions, PushReport};
 use super::reference::{ImageReference, PullSource};
 use super::{block_on, pull, PullOptions, PullReport};
 use crate::cleanup::TempGuard;
+use crate::oci::layout_write::pid_alive;
 use crate::oci::LayoutRef;
 
 /// What a copy did: the pull half, the push half, or both.
@@ -116,6 +117,7 @@ fn registry_to_registry(
     to: &ImageReference,
     options: &PushOptions,
 ) -> Result<CopyReport, RegistryError> {
+    reclaim_abandoned_layouts();
     let dir = temp_layout_dir();
     let _guard = TempGuard::new(&dir);
     let result = pull_then_push(from, to, &dir, options);
@@ -146,8 +148,51 @@ fn pull_then_push(
     })
 }
 
+/// The prefix of a copy's temp layout, `metalor-copy-PID-N`.
+const TEMP_LAYOUT_PREFIX: &str = "metalor-copy-";
+
 /// A fresh directory name under the temp dir for one copy.
 fn temp_layout_dir() -> PathBuf {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir().join(format!("metalor-copy-{}-{n}", std::process::id()))
+    std::env::temp_dir().join(format!("{TEMP_LAYOUT_PREFIX}{}-{n}", std::process::id()))
+}
+
+/// Removes the temp layouts of copies whose process is gone (a SIGKILL
+/// leaves one behind). Best effort: what cannot be read or removed stays.
+fn reclaim_abandoned_layouts() {
+    let Ok(listing) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in listing.flatten() {
+        let name = entry.file_name();
+        let owner = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMP_LAYOUT_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, n)| Some((pid.parse::<i32>().ok()?, n.parse::<u64>().ok()?)));
+        if let Some((pid, _)) = owner {
+            if pid != std::process::id() as i32 && !pid_alive(pid) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_copys_temp_layout_is_reclaimed_and_a_live_ones_kept() {
+        // No process has this PID (above the kernel's pid_max).
+        let dead = std::env::temp_dir().join(format!("{TEMP_LAYOUT_PREFIX}999999999-0"));
+        let live = temp_layout_dir();
+        for dir in [&dead, &live] {
+            std::fs::create_dir_all(dir.join("blobs")).unwrap();
+        }
+        reclaim_abandoned_layouts();
+        assert!(!dead.exists(), "the dead copy's layout is removed");
+        assert!(live.exists(), "this process's layout stays");
+        std::fs::remove_dir_all(&live).unwrap();
+    }
 }
