@@ -8,6 +8,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::error::{io_err, RepackError};
+use crate::unpack::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 
 /// Extended attributes as (name, value), sorted by name.
 pub(crate) type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -61,8 +62,8 @@ impl Item {
     pub fn tar_name(&self) -> Vec<u8> {
         let (parent, name) = split(&self.path);
         let leaf: Vec<u8> = match self.change {
-            Change::Whiteout => [b".wh.".as_slice(), name].concat(),
-            Change::Opaque => return join(&self.path, b".wh..wh..opq"),
+            Change::Whiteout => [WHITEOUT_PREFIX, name].concat(),
+            Change::Opaque => return join(&self.path, OPAQUE_MARKER),
             _ => return self.path.clone(),
         };
         join(parent, &leaf)

@@ -22,7 +22,10 @@ mod stage;
 pub(crate) use apply::{image_xattr, XATTR_PREFIX};
 pub use apply::{Applier, Privileges};
 pub use error::UnpackError;
-pub(crate) use path::{classify as classify_name, normalize as normalize_name, Whiteout};
+pub(crate) use path::{
+    classify as classify_name, normalize as normalize_name, Whiteout, OPAQUE_MARKER,
+    WHITEOUT_PREFIX,
+};
 pub use pipeline::{apply_layers, LayerInput};
 pub use stage::{unpack_layers_into, StagedUnpackError};
 
