@@ -225,15 +225,22 @@ pub(super) fn in_dir(dir: &impl AsFd, name: &OsStr) -> PathBuf {
     path
 }
 
-pub(super) fn copy_xattrs(from: &Path, to: &Path) -> Result<(), Errno> {
-    let len = match rustix::fs::llistxattr_query(from) {
-        Ok(0) | Err(Errno::OPNOTSUPP) => return Ok(()),
+/// The NUL-separated xattr names of `path` (not following a last
+/// symlink); none where the filesystem has no xattrs.
+pub(super) fn xattr_names(path: &Path) -> Result<Vec<u8>, Errno> {
+    let len = match rustix::fs::llistxattr_query(path) {
+        Ok(0) | Err(Errno::OPNOTSUPP) => return Ok(Vec::new()),
         Ok(len) => len,
         Err(err) => return Err(err),
     };
     let mut names = Vec::new();
-    let n = rustix::fs::llistxattr(from, spare(&mut names, len))?;
+    let n = rustix::fs::llistxattr(path, spare(&mut names, len))?;
     names.truncate(n);
+    Ok(names)
+}
+
+pub(super) fn copy_xattrs(from: &Path, to: &Path) -> Result<(), Errno> {
+    let names = xattr_names(from)?;
     let mut value = Vec::new();
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let name = OsStr::from_bytes(name);

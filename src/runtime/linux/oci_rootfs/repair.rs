@@ -27,7 +27,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use rustix::fs::{openat, statat, AtFlags, Dir, FileType, Mode, Stat};
 
-use super::clone::{apply_metadata, dir_flags, in_dir, root_metadata, shown, Copy};
+use super::clone::{apply_metadata, dir_flags, in_dir, root_metadata, shown, xattr_names, Copy};
 use super::seal::{ctime, Ctime};
 use crate::runtime::tree::remove_path_if_exists;
 
@@ -162,20 +162,12 @@ impl Repair {
 
 /// Removes the xattrs `to` has and `from` has not.
 fn drop_extra_xattrs(from: &Path, to: &Path) -> Result<(), rustix::io::Errno> {
-    let list = |path: &Path| -> Result<Vec<u8>, rustix::io::Errno> {
-        let len = match rustix::fs::llistxattr_query(path) {
-            Ok(0) | Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
-            Ok(len) => len,
-            Err(err) => return Err(err),
-        };
-        let mut names = vec![0; len];
-        let n = rustix::fs::llistxattr(path, &mut names[..])?;
-        names.truncate(n);
-        Ok(names)
-    };
-    let keep = list(from)?;
+    let keep = xattr_names(from)?;
     let keep: BTreeSet<&[u8]> = keep.split(|&b| b == 0).collect();
-    for name in list(to)?.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+    for name in xattr_names(to)?
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+    {
         if !keep.contains(name) {
             rustix::fs::lremovexattr(to, OsStr::from_bytes(name))?;
         }
