@@ -326,6 +326,85 @@ fn mode_bits_with_setuid_setgid_sticky_are_applied() {
     assert_eq!(s.read("locked/inside"), b"i");
 }
 
+/// A default ACL `u::rwx g::r-x o::---`, in the kernel's xattr format.
+fn default_acl() -> Vec<u8> {
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, 7u16), (0x04, 5), (0x20, 0)] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(perm.to_le_bytes());
+        acl.extend(u32::MAX.to_le_bytes());
+    }
+    acl
+}
+
+fn common_modes(l: &mut Tar, dir: &str) {
+    for (name, mode) in [
+        ("a", 0o644),
+        ("b", 0o755),
+        ("c", 0o664),
+        ("d", 0o666),
+        ("e", 0o600),
+    ] {
+        l.file_mode(&format!("{dir}/{name}"), name.as_bytes(), mode);
+    }
+}
+
+fn assert_common_modes(s: &Scene, dir: &str) {
+    for (name, mode) in [
+        ("a", 0o644),
+        ("b", 0o755),
+        ("c", 0o664),
+        ("d", 0o666),
+        ("e", 0o600),
+    ] {
+        let path = format!("{dir}/{name}");
+        assert_eq!(s.meta(&path).mode() & 0o7777, mode, "{path}");
+    }
+}
+
+/// Files take their mode at creation when nothing can narrow it; a
+/// default ACL, from a layer or around the target, narrows it instead of
+/// the umask, and the modes must still come out exact.
+#[test]
+fn file_modes_are_exact_whatever_the_umask_or_a_default_acl() {
+    let s = Scene::new();
+    let mut l1 = Tar::new();
+    l1.dir("plain");
+    common_modes(&mut l1, "plain");
+    l1.pax(&[("SCHILY.xattr.system.posix_acl_default", &default_acl())])
+        .dir("acl");
+    common_modes(&mut l1, "acl");
+    let stats = s.unpack_tars(&[l1.finish()]);
+    assert_common_modes(&s, "plain");
+    if stats.skipped_xattrs == 0 {
+        assert_common_modes(&s, "acl");
+    } else {
+        eprintln!("default ACLs unsupported here; only the plain modes checked");
+    }
+
+    // The target's parent has a default ACL, which the new tree inherits.
+    let s = Scene::new();
+    if rustix::fs::setxattr(
+        s.tmp.path(),
+        "system.posix_acl_default",
+        &default_acl(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .is_err()
+    {
+        eprintln!(
+            "default ACLs unsupported on {}; skipped",
+            s.tmp.path().display()
+        );
+        return;
+    }
+    let mut l1 = Tar::new();
+    l1.dir("x");
+    common_modes(&mut l1, "x");
+    s.unpack_tars(&[l1.finish()]);
+    assert_common_modes(&s, "x");
+}
+
 #[test]
 fn file_and_symlink_mtimes_are_applied() {
     let s = Scene::new();

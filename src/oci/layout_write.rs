@@ -16,11 +16,19 @@
 //! A partial locked by a live writer is left alone: the second writer
 //! uses a private temp file (`.tmp-HEX16-PID-N`) instead.
 //!
-//! Durability: a blob's data is fsynced before its rename, and the blob
-//! directories are fsynced (once, not once per blob) before `index.json`
-//! is replaced, so after a power loss `index.json` never names a blob
-//! whose data or name did not reach the disk. `index.json` itself is
-//! written to a synced temp file, renamed, and its directory synced.
+//! Durability: after a power loss, `index.json` never names a blob whose
+//! data or name did not reach the disk. A verified blob is renamed into
+//! place at once, so a reader (the unpacker of a pull under way) can start
+//! on it, and its fsync runs on a thread of its own; [`LayoutWriter::set_ref`]
+//! waits for every fsync this writer started, then fsyncs the blob
+//! directories (once, not once per blob), and only then replaces
+//! `index.json`. A blob found already present is fsynced when it is
+//! verified, so a blob another writer renamed is durable too before this
+//! one names it. A name without durable data, which only a power loss
+//! before `index.json` can leave, is never trusted: a present blob is
+//! always hashed in full before use, and replaced when it fails.
+//! `index.json` itself is written to a synced temp file, renamed, and its
+//! directory synced.
 //!
 //! `index.json` is rewritten while holding an exclusive `flock` on
 //! `.metalor.lock` inside the layout, so that two pulls into the same
@@ -36,6 +44,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 
 use rustix::fs::FlockOperation;
 use serde_json::{json, Map, Value};
@@ -63,6 +73,58 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug, Clone)]
 pub struct LayoutWriter {
     dir: PathBuf,
+    /// Fsyncs of blobs this writer (or a clone) renamed into place.
+    syncs: Arc<BlobSyncs>,
+}
+
+/// Blob fsyncs under way, each on a thread of its own: started when a
+/// blob is renamed into place, waited for before `index.json` names it.
+#[derive(Debug, Default)]
+struct BlobSyncs(Mutex<Vec<(PathBuf, JoinHandle<io::Result<()>>)>>);
+
+impl BlobSyncs {
+    /// Fsyncs `file`, the blob now at `path`, in the background (or here,
+    /// if no thread can be started).
+    fn start(&self, path: PathBuf, file: File) -> Result<(), OciError> {
+        let file = Arc::new(file);
+        let syncing = Arc::clone(&file);
+        match std::thread::Builder::new()
+            .name("blob-fsync".into())
+            .spawn(move || syncing.sync_all())
+        {
+            Ok(handle) => {
+                self.0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((path, handle));
+                Ok(())
+            }
+            Err(_) => {
+                file.sync_all().map_err(|e| io_err("sync blob", &path, e))?;
+                note(format!("sync blob {}", file_name(&path)));
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits for every fsync started so far; the first failure, naming
+    /// its blob, is the error.
+    fn wait(&self) -> Result<(), OciError> {
+        let pending = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut failure = None;
+        for (path, handle) in pending {
+            let synced = handle
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the fsync thread panicked")));
+            match synced {
+                Ok(()) => note(format!("sync blob {}", file_name(&path))),
+                Err(e) => {
+                    failure.get_or_insert(io_err("sync blob", &path, e));
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
 }
 
 /// The descriptor `index.json` gets for a ref: what the ref points at.
@@ -88,6 +150,7 @@ impl LayoutWriter {
     pub fn create(dir: &Path) -> Result<LayoutWriter, OciError> {
         let writer = LayoutWriter {
             dir: dir.to_path_buf(),
+            syncs: Arc::default(),
         };
         let blobs = dir.join("blobs/sha256");
         fs::create_dir_all(&blobs).map_err(|e| io_err("create layout", &blobs, e))?;
@@ -114,7 +177,8 @@ impl LayoutWriter {
     }
 
     /// Whether a blob with this digest and size is present and intact. It
-    /// is read and hashed in full (once per pull); a blob that fails the
+    /// is read and hashed in full (once per pull), and fsynced, since its
+    /// writer may not have waited for that yet; a blob that fails the
     /// check is removed, so the caller fetches it again.
     pub fn has_verified_blob(&self, digest: &Digest, size: u64) -> Result<bool, OciError> {
         let path = self.blob_path(digest);
@@ -125,9 +189,13 @@ impl LayoutWriter {
         };
         let meta = file.metadata().map_err(|e| io_err("stat blob", &path, e))?;
         if meta.is_file() && meta.len() == size {
-            let verifier = DigestVerifier::new(io::BufReader::new(file), digest.clone(), size)?;
+            let verifier = DigestVerifier::new(io::BufReader::new(&file), digest.clone(), size)?;
             match verifier.finish() {
-                Ok(_) => return Ok(true),
+                Ok(_) => {
+                    file.sync_all().map_err(|e| io_err("sync blob", &path, e))?;
+                    note(format!("sync present blob {}", digest.hex()));
+                    return Ok(true);
+                }
                 Err(OciError::Io { source, .. }) => return Err(io_err("read blob", &path, source)),
                 Err(_) => {}
             }
@@ -178,6 +246,7 @@ impl LayoutWriter {
             count,
             resumed: count,
             partial,
+            syncs: Arc::clone(&self.syncs),
             // A shared partial outlives an interrupt on purpose: the next
             // pull resumes it.
             _interrupt_guard: (!partial).then(|| TempGuard::new(&tmp)),
@@ -325,10 +394,12 @@ impl LayoutWriter {
         self.write_atomic(&path, &bytes, "write index")
     }
 
-    /// Fsyncs every `blobs/ALG` directory, so the renames of the blobs
-    /// written so far are on disk before an `index.json` that names them.
-    /// One call per ref update covers every blob of a pull.
+    /// Waits for the fsyncs of the blobs this writer renamed into place,
+    /// then fsyncs every `blobs/ALG` directory, so the data and the names
+    /// of the blobs written so far are on disk before an `index.json` that
+    /// names them. One call per ref update covers every blob of a pull.
     pub fn sync_blob_dirs(&self) -> Result<(), OciError> {
+        self.syncs.wait()?;
         let blobs = self.dir.join("blobs");
         let entries =
             fs::read_dir(&blobs).map_err(|e| io_err("read blob directories", &blobs, e))?;
@@ -522,6 +593,8 @@ pub struct BlobWriter {
     resumed: u64,
     /// Whether `tmp` is the digest's shared partial.
     partial: bool,
+    /// Where [`BlobWriter::commit`] leaves the blob's fsync.
+    syncs: Arc<BlobSyncs>,
     /// Registers a private temp file for removal on SIGINT/SIGTERM; a
     /// field, so it unregisters after `Drop` has removed the file.
     _interrupt_guard: Option<TempGuard>,
@@ -601,10 +674,11 @@ impl BlobWriter {
         Ok(())
     }
 
-    /// Checks size and digest, syncs the data, then renames the file into
-    /// place. On a mismatch the file is removed and nothing appears in the
-    /// layout. The directory entry is made durable later, by
-    /// [`LayoutWriter::sync_blob_dirs`] before `index.json` names the blob.
+    /// Checks size and digest, then renames the file into place and
+    /// starts its fsync in the background. On a mismatch the file is
+    /// removed and nothing appears in the layout. The data and the
+    /// directory entry are durable once [`LayoutWriter::sync_blob_dirs`]
+    /// returns, which `set_ref` calls before `index.json` names the blob.
     pub fn commit(mut self) -> Result<(), OciError> {
         let mismatch = if self.count != self.size {
             Some(OciError::SizeMismatch {
@@ -625,15 +699,12 @@ impl BlobWriter {
             return Err(err);
         }
         let file = self.file.take().expect("file present until commit");
-        file.sync_all()
-            .map_err(|e| io_err("sync blob", &self.tmp, e))?;
-        note(format!("sync blob {}", file_name(&self.dest)));
         fs::rename(&self.tmp, &self.dest).map_err(|e| io_err("rename blob", &self.dest, e))?;
         note(format!("rename {}", file_name(&self.dest)));
-        // The lock goes with the file, after the rename: a writer waiting
-        // on the partial then finds it gone and starts a fresh one.
-        drop(file);
-        Ok(())
+        // The lock goes with the file, after the rename (when its fsync is
+        // done): a writer waiting on the partial then finds it gone and
+        // starts a fresh one.
+        self.syncs.start(self.dest.clone(), file)
     }
 }
 
@@ -806,13 +877,31 @@ mod tests {
         assert_eq!(
             events,
             [
-                format!("sync blob {hex}"),
                 format!("rename {hex}"),
+                format!("sync blob {hex}"),
                 "sync dir sha256".to_owned(),
                 "rename index.json".to_owned(),
                 format!("sync dir {}", file_name(dir.path())),
             ]
         );
+    }
+
+    #[test]
+    fn a_blob_another_writer_renamed_is_synced_before_this_one_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = LayoutWriter::create(dir.path()).unwrap();
+        let data = b"config bytes";
+        let digest = Digest::sha256_of(data);
+        first.put_blob(&digest, data).unwrap();
+        // `first` has not waited for its fsync; `second` finds the blob.
+        let second = LayoutWriter::create(dir.path()).unwrap();
+        EVENTS.with(|e| e.borrow_mut().clear());
+        second.put_blob(&digest, data).unwrap();
+        second.set_ref("a", &target(data)).unwrap();
+        let events = EVENTS.with(|e| e.borrow().clone());
+        assert_eq!(events[0], format!("sync present blob {}", digest.hex()));
+        assert_eq!(events[1], "sync dir sha256");
+        first.sync_blob_dirs().unwrap();
     }
 
     #[test]

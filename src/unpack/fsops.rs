@@ -119,16 +119,46 @@ pub fn clear_dir(dir: BorrowedFd<'_>, keep: &mut dyn FnMut(&[u8]) -> bool) -> io
     Ok(())
 }
 
-/// Creates a new regular file `name` in `dir`, refusing to follow or reuse
-/// anything already there (the caller removes it first).
-pub fn create_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+/// Creates a new regular file `name` in `dir` with permission bits `mode`
+/// (which the umask and a default ACL may narrow), refusing to follow or
+/// reuse anything already there (the caller removes it first).
+pub fn create_file_at(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<OwnedFd> {
     rustix::fs::openat(
         dir,
         name,
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
+        Mode::from_raw_mode(mode & 0o777),
     )
     .map_err(io::Error::from)
+}
+
+/// Whether `dir` has no entries.
+pub fn is_empty_dir(dir: BorrowedFd<'_>) -> io::Result<bool> {
+    for entry in Dir::read_from(dir)? {
+        let name = entry?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Whether `dir` carries a default ACL, which then narrows the mode of
+/// what is created in it instead of the umask. An error counts as yes.
+pub fn has_default_acl(dir: BorrowedFd<'_>) -> bool {
+    match rustix::fs::fgetxattr(dir, "system.posix_acl_default", &mut [0u8; 0][..]) {
+        Ok(_) => true,
+        Err(e) => !matches!(e, Errno::NODATA | Errno::NOTSUP),
+    }
+}
+
+/// This process's umask, from `/proc/self/status` (reading it any other
+/// way means setting it, which would race with the caller's threads);
+/// `None` without procfs.
+pub fn current_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
 }
 
 /// `mkdirat` that treats an existing name as success only when the caller

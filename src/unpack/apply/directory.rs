@@ -43,7 +43,7 @@ impl Applier<'_> {
         let fd = fsops::open_subdir_nofollow(dir.as_fd(), name)
             .map_err(|e| io_error("open directory", path, e))?;
         self.stats.dirs += 1;
-        self.finish_metadata(fd.as_fd(), entry, path, chown)?;
+        self.finish_metadata(fd.as_fd(), entry, path, chown, false)?;
         let mtime = entry.header().mtime().map_err(UnpackError::Stream)?;
         self.dir_times.push((path.to_vec(), mtime));
         Ok(())

@@ -86,13 +86,15 @@ impl Applier<'_> {
     }
 
     /// Ownership (only if `chown`), mode (after ownership, which clears
-    /// setuid), xattrs, mtime.
+    /// setuid; skipped when `mode_set`, the node was created with it),
+    /// xattrs, mtime.
     pub(super) fn finish_metadata<R: Read>(
         &mut self,
         fd: BorrowedFd<'_>,
         entry: &mut Entry<'_, R>,
         path: &[u8],
         chown: bool,
+        mode_set: bool,
     ) -> Result<(), UnpackError> {
         let header = entry.header();
         let mode = header.mode().map_err(UnpackError::Stream)?;
@@ -100,7 +102,9 @@ impl Applier<'_> {
             let (uid, gid) = owner(entry, path)?;
             fsops::chown_fd(fd, uid, gid).map_err(|e| io_error("chown", path, e))?;
         }
-        fsops::chmod_fd(fd, mode).map_err(|e| io_error("chmod", path, e))?;
+        if !mode_set {
+            fsops::chmod_fd(fd, mode).map_err(|e| io_error("chmod", path, e))?;
+        }
         self.apply_xattrs(fd, entry, path)?;
         if entry.header().entry_type() != EntryType::Directory {
             let mtime = entry.header().mtime().map_err(UnpackError::Stream)?;
@@ -127,6 +131,11 @@ impl Applier<'_> {
             if !image_xattr(name) {
                 self.stats.skipped_xattrs += 1;
                 continue;
+            }
+            if name == b"system.posix_acl_default" {
+                // It narrows the modes of what is created below, in place
+                // of the umask: every mode is set explicitly from now on.
+                self.umask = None;
             }
             match fsops::set_xattr_fd(fd, name, ext.value_bytes()) {
                 Ok(()) => self.stats.xattrs += 1,

@@ -77,6 +77,11 @@ pub struct Applier<'r> {
     parents: Parents,
     /// The effective uid and gid: who owns what this process creates.
     creator: (u32, u32),
+    /// The umask, when a new file's mode is exactly the mode it is
+    /// created with, less the umask: see [`Applier::creation_mode`].
+    /// `None` turns that off (unknown umask, a root that held something
+    /// before, or any default ACL).
+    umask: Option<u32>,
     buffer: Box<[u8]>,
 }
 
@@ -115,7 +120,21 @@ impl<'r> Applier<'r> {
                 rustix::process::geteuid().as_raw(),
                 rustix::process::getegid().as_raw(),
             ),
+            umask: exact_creation_umask(root),
             buffer: vec![0u8; COPY_BUFFER].into_boxed_slice(),
+        }
+    }
+
+    /// The mode to create a regular file with, and whether that is its
+    /// final mode, so no `fchmod` follows. It is when the mode has no
+    /// setuid, setgid or sticky bit (a chown would clear those), grants
+    /// no write to group or others (the file is not yet written), and
+    /// loses nothing to the umask; otherwise the file starts private
+    /// (0600) and gets its mode after its owner.
+    pub(super) fn creation_mode(&self, mode: u32) -> (u32, bool) {
+        match self.umask {
+            Some(umask) if mode & (0o7022 | umask) == 0 => (mode, true),
+            _ => (0o600, false),
         }
     }
 
@@ -471,4 +490,17 @@ fn check_size<R: Read>(entry: &Entry<'_, R>, raw: &[u8]) -> Result<(), UnpackErr
         return Err(hostile(raw, "PAX size disagrees with the header size"));
     }
     Ok(())
+}
+
+/// The umask under which a file created in `root`'s tree gets exactly its
+/// creation mode less the umask: known, and no default ACL in the way.
+/// Directories under `root` are all this unpack's own only if `root` is
+/// empty now, and a default ACL that a layer sets later turns this off
+/// ([`Applier::creation_mode`]'s caller sees to it).
+fn exact_creation_umask(root: BorrowedFd<'_>) -> Option<u32> {
+    let empty = fsops::is_empty_dir(root).unwrap_or(false);
+    if !empty || fsops::has_default_acl(root) {
+        return None;
+    }
+    fsops::current_umask()
 }

@@ -24,12 +24,13 @@ impl Applier<'_> {
     ) -> Result<(), UnpackError> {
         let (parent, name) = path::split_parent(path);
         let chown = self.chown_on_create(entry, parent, path)?;
-        let mut file = std::fs::File::from(self.create_file(parent, name, path)?);
+        let (file, mode_set) = self.create_file(entry, parent, name, path)?;
+        let mut file = File::from(file);
         let (stats, limit) = (&mut self.stats, self.options.max_bytes);
         let mut count = |n: u64| count_bytes(stats, limit, n);
         sparse.write(entry, &mut file, path, &mut self.buffer, &mut count)?;
         self.stats.files += 1;
-        self.finish_metadata(file.as_fd(), entry, path, chown)
+        self.finish_metadata(file.as_fd(), entry, path, chown, mode_set)
     }
 
     /// A plain regular file, its content written straight from the
@@ -44,7 +45,8 @@ impl Applier<'_> {
         // Asked before the create, while the parent is still kept; the file
         // is always new (O_EXCL).
         let chown = self.chown_on_create(entry, parent, path)?;
-        let mut file = std::fs::File::from(self.create_file(parent, name, path)?);
+        let (file, mode_set) = self.create_file(entry, parent, name, path)?;
+        let mut file = File::from(file);
         let written = match lender {
             Some(lender) => self.write_lent(lender, entry.size(), &mut file, path)?,
             None => self.write_read(entry, &mut file, path)?,
@@ -60,7 +62,7 @@ impl Applier<'_> {
             )));
         }
         self.stats.files += 1;
-        self.finish_metadata(file.as_fd(), entry, path, chown)
+        self.finish_metadata(file.as_fd(), entry, path, chown, mode_set)
     }
 
     /// Copies the entry's data to `file` through the applier's buffer.
@@ -110,22 +112,29 @@ impl Applier<'_> {
         Ok(written)
     }
 
-    fn create_file(
+    /// Creates the entry's file, in place of whatever `path` held; says
+    /// whether it has its final mode already ([`Applier::creation_mode`]).
+    fn create_file<R: Read>(
         &mut self,
+        entry: &Entry<'_, R>,
         parent: &[u8],
         name: &[u8],
         path: &[u8],
-    ) -> Result<OwnedFd, UnpackError> {
+    ) -> Result<(OwnedFd, bool), UnpackError> {
+        let mode = entry.header().mode().map_err(UnpackError::Stream)?;
+        let (mode, mode_set) = self.creation_mode(mode);
         let dir = self.parent_fd(parent)?;
-        match fsops::create_file_at(dir, name) {
-            Ok(fd) => return Ok(fd),
+        match fsops::create_file_at(dir, name, mode) {
+            Ok(fd) => return Ok((fd, mode_set)),
             Err(e) if e.raw_os_error() == Some(Errno::EXIST.raw_os_error()) => {}
             Err(e) => return Err(io_error("create", path, e)),
         }
         let dir = self.parent_dir(parent)?;
         self.clear_slot(dir.as_fd(), name, path)?;
         self.forget_parents();
-        fsops::create_file_at(dir.as_fd(), name).map_err(|e| io_error("create", path, e))
+        let fd = fsops::create_file_at(dir.as_fd(), name, mode)
+            .map_err(|e| io_error("create", path, e))?;
+        Ok((fd, mode_set))
     }
 }
 
