@@ -944,12 +944,21 @@ fn blobs_are_durable_before_index_json_names_them() {
         lines.join("\n")
     );
     for name in blob_set(&dest) {
-        let partial = format!(".partial-{name}>");
-        let synced = find(&|l| l.contains("fsync(") && l.contains(&partial))
-            .unwrap_or_else(|| panic!("blob {name} never fsynced:\n{}", lines.join("\n")));
+        // A blob is synced under its partial name or, after the rename,
+        // under its own; either way the sync has finished before the
+        // directory sync that precedes index.json.
+        let (partial, named) = (format!(".partial-{name}>"), format!("/{name}>"));
+        let synced =
+            find(&|l| l.contains("fsync(") && (l.contains(&partial) || l.contains(&named)))
+                .unwrap_or_else(|| panic!("blob {name} never fsynced:\n{}", lines.join("\n")));
+        let finished = sync_finished(&lines, synced);
         let renamed = find(&|l| l.contains("rename") && l.contains(&format!("/{name}\"")))
             .unwrap_or_else(|| panic!("blob {name} never renamed"));
-        assert!(synced < renamed, "blob {name}: rename before fsync");
+        assert!(
+            finished < dir_syncs[0],
+            "blob {name}: its fsync ends after the directory sync:\n{}",
+            lines.join("\n")
+        );
         assert!(
             renamed < dir_syncs[0],
             "blob {name}: renamed after the directory sync"
@@ -959,6 +968,22 @@ fn blobs_are_durable_before_index_json_names_them() {
         dir_syncs[0] < index_rename,
         "index.json renamed before the blob directory sync"
     );
+}
+
+/// The strace line where the call begun on line `start` returns: the
+/// same line, or the `<... fsync resumed>` of its thread when strace
+/// split it.
+fn sync_finished(lines: &[String], start: usize) -> usize {
+    if !lines[start].contains("<unfinished") {
+        return start;
+    }
+    let pid = lines[start].split_whitespace().next().unwrap_or_default();
+    (start + 1..lines.len())
+        .find(|&i| {
+            let mut words = lines[i].split_whitespace();
+            words.next() == Some(pid) && lines[i].contains("<... fsync resumed>")
+        })
+        .unwrap_or_else(|| panic!("fsync on line {start} never returns"))
 }
 
 #[test]
