@@ -19,6 +19,14 @@
 #    changed a file and removed a directory in it (repaired).
 #
 # Prints medians and ratios; quote ratios, the machine may be shared.
+#
+# ext4 without a journal (this machine's /var/tmp) skips inodes freed in
+# the last 60 s (300 s while their table block is dirty) when it allocates
+# new ones, so creating a tree soon after any big `rm -rf` on the same
+# filesystem is several times slower (`perf` shows `recently_deleted`). The
+# cold pairs therefore start after a `sync` and a SETTLE-second pause (65),
+# and every store is kept until the script ends (deleting one would slow
+# what follows it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=${1:-oci:/tmp/metalor-bench/images/debian:gzip}
@@ -37,7 +45,14 @@ METALOR=$PWD/target/release/metalor
 PREPARE=$PWD/target/release/examples/prepare_rootfs
 . benches/lib/registry.sh
 WORK=$(mktemp -d /var/tmp/metalor-store-bench.XXXXXX)
-trap 'stop_registry; rm -rf "$WORK"' EXIT
+cleanup() {
+  stop_registry
+  for i in 1 2 3; do
+    podman --root "$WORK/podman-$i" --runroot "$WORK/podman-run-$i" system reset -f >/dev/null 2>&1 || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
 start_registry "$WORK/registry"
 skopeo copy -q --dest-tls-verify=false "$SRC" "docker://$REG/bench:latest"
 IMAGE=$REG/bench:latest
@@ -48,6 +63,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 
 echo "== cold: metalor run --image vs podman pull (A B A B, 3 pairs)"
 : > "$WORK/cold-metalor"; : > "$WORK/cold-podman"
+sync; sleep "${SETTLE:-65}"
 for i in 1 2 3; do
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
   t0=$(now); "$METALOR" run -q --store "$WORK/store-$i" --image "$IMAGE" -- /bin/true; t1=$(now)
@@ -57,9 +73,6 @@ for i in 1 2 3; do
   podman --root "$WORK/podman-$i" --runroot "$WORK/podman-run-$i" pull -q --tls-verify=false "$IMAGE" >/dev/null
   t1=$(now)
   secs "$t0" "$t1" >> "$WORK/cold-podman"
-  rm -rf "$WORK/store-$i"
-  podman --root "$WORK/podman-$i" --runroot "$WORK/podman-run-$i" system reset -f >/dev/null 2>&1 || true
-  rm -rf "$WORK/podman-$i" "$WORK/podman-run-$i"
 done
 cm=$(median < "$WORK/cold-metalor"); cp_=$(median < "$WORK/cold-podman")
 echo "cold metalor run --image: median ${cm}s; podman pull: median ${cp_}s; ratio $(echo "scale=3; $cm / $cp_" | bc)"
