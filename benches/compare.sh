@@ -58,7 +58,8 @@
 #
 # Env: RUNS (3), BENCH (/tmp/metalor-bench), IMAGES ($BENCH/images), TOOLS (shared/tools
 # with make-images.sh), TMPFS_DIR (/dev/shm/metalor-compare), DISK_DIR ($BENCH/compare),
-# FILESYSTEMS ("tmpfs disk"), STRACE (1; 0 skips the traced runs), ONLY (a regex of case
+# FILESYSTEMS ("tmpfs disk"), PREFAULT_MB (8192: tmpfs memory touched once before the
+# tmpfs runs), STRACE (1; 0 skips the traced runs), ONLY (a regex of case
 # names to run besides the references metalor and metalor-prepare, e.g.
 # ONLY='tar|skopeo\+umoci'), CARGO_TARGET_DIR.
 # Results: stdout and $BENCH/results/.
@@ -260,6 +261,14 @@ for fs in $FILESYSTEMS; do
   base=$(fs_dir "$fs")
   rm -rf "$base"
   mkdir -p "$base"
+  if [ "$fs" = tmpfs ]; then
+    # On a fresh VM the first touch of guest memory is slow: the first
+    # runs on tmpfs took 2-4x the system time of later ones, whichever tool
+    # ran first. Touch PREFAULT_MB of it once, untimed.
+    log "tmpfs: touching ${PREFAULT_MB:-8192} MB once before measuring"
+    head -c "${PREFAULT_MB:-8192}M" /dev/zero > "$base/prefault"
+    rm -f "$base/prefault"
+  fi
   sync
   [ "$fs" = disk ] && sleep 5   # let the removal's writeback settle before measuring
   runs=$RUNS
