@@ -7,7 +7,7 @@
 #
 # 1. cold `metalor run --image … -- /bin/true` on a new store, against
 #    `podman pull` of the same image into a new podman store, alternated
-#    A B A B (3 pairs). `podman run` itself cannot start containers in this
+#    A B A B (PAIRS pairs, default 5). `podman run` itself cannot start containers in this
 #    sandbox (crun's setrlimit is refused), so only its pull is measured;
 #    that pull also unpacks into podman's overlay store.
 # 2. warm `metalor run --image … -- /bin/true` against `metalor run
@@ -31,6 +31,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=${1:-oci:/tmp/metalor-bench/images/debian:gzip}
 RUNS=${2:-30}
+PAIRS=${PAIRS:-5}
 [ "$(id -u)" = 0 ] || { echo "benches/store.sh: run as root" >&2; exit 1; }
 for p in hyperfine podman skopeo docker-registry jq; do
   command -v "$p" >/dev/null || need=1
@@ -47,7 +48,7 @@ PREPARE=$PWD/target/release/examples/prepare_rootfs
 WORK=$(mktemp -d /var/tmp/metalor-store-bench.XXXXXX)
 cleanup() {
   stop_registry
-  for i in 1 2 3; do
+  for i in $(seq 1 "$PAIRS"); do
     podman --root "$WORK/podman-$i" --runroot "$WORK/podman-run-$i" system reset -f >/dev/null 2>&1 || true
   done
   rm -rf "$WORK"
@@ -61,10 +62,10 @@ now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-echo "== cold: metalor run --image vs podman pull (A B A B, 3 pairs)"
+echo "== cold: metalor run --image vs podman pull (A B A B, $PAIRS pairs)"
 : > "$WORK/cold-metalor"; : > "$WORK/cold-podman"
 sync; sleep "${SETTLE:-65}"
-for i in 1 2 3; do
+for i in $(seq 1 "$PAIRS"); do
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
   t0=$(now); "$METALOR" run -q --store "$WORK/store-$i" --image "$IMAGE" -- /bin/true; t1=$(now)
   secs "$t0" "$t1" >> "$WORK/cold-metalor"
