@@ -60,6 +60,8 @@ IMAGE=$REG/bench:latest
 
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc; }
+# A / B, rounded to 4 places (bc truncates).
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.4f", a / b}'; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 echo "== cold: metalor run --image vs podman pull (A B A B, $PAIRS pairs)"
@@ -76,7 +78,7 @@ for i in $(seq 1 "$PAIRS"); do
   secs "$t0" "$t1" >> "$WORK/cold-podman"
 done
 cm=$(median < "$WORK/cold-metalor"); cp_=$(median < "$WORK/cold-podman")
-echo "cold metalor run --image: median ${cm}s; podman pull: median ${cp_}s; ratio $(echo "scale=3; $cm / $cp_" | bc)"
+echo "cold metalor run --image: median ${cm}s; podman pull: median ${cp_}s; ratio $(ratio "$cm" "$cp_")"
 echo "(podman run is not measured: crun's setrlimit is refused in this sandbox)"
 
 echo "== warm: metalor run --image vs metalor run --rootfs"
@@ -110,7 +112,7 @@ for base in /var/tmp /dev/shm; do
   done
   touched=$(median < "$dir/touched")
   fs=$(stat -f -c %T "$base")
-  echo "prepare_oci_rootfs on $fs: cold ${cold}s, warm median ${warm}s, warm/cold $(echo "scale=3; $warm / $cold" | bc)"
-  echo "prepare_oci_rootfs on $fs: touched-bundle warm median ${touched}s, touched/cold $(echo "scale=3; $touched / $cold" | bc)"
+  echo "prepare_oci_rootfs on $fs: cold ${cold}s, warm median ${warm}s, warm/cold $(ratio "$warm" "$cold")"
+  echo "prepare_oci_rootfs on $fs: touched-bundle warm median ${touched}s, touched/cold $(ratio "$touched" "$cold")"
   rm -rf "$dir"
 done
