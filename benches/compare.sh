@@ -59,7 +59,7 @@
 # Env: RUNS (3), BENCH (/tmp/metalor-bench), IMAGES ($BENCH/images), TOOLS (shared/tools
 # with make-images.sh), TMPFS_DIR (/dev/shm/metalor-compare), DISK_DIR ($BENCH/compare),
 # FILESYSTEMS ("tmpfs disk"), PREFAULT_MB (8192: tmpfs memory touched once before the
-# tmpfs runs), STRACE (1; 0 skips the traced runs), ONLY (a regex of case
+# tmpfs runs, at most its free space less 1 GB), STRACE (1; 0 skips the traced runs), ONLY (a regex of case
 # names to run besides the references metalor and metalor-prepare, e.g.
 # ONLY='tar|skopeo\+umoci'), CARGO_TARGET_DIR.
 # Results: stdout and $BENCH/results/.
@@ -78,6 +78,7 @@ TMPFS_DIR=${TMPFS_DIR:-/dev/shm/metalor-compare}
 DISK_DIR=${DISK_DIR:-$BENCH/compare}
 FILESYSTEMS=${FILESYSTEMS:-tmpfs disk}
 STRACE=${STRACE:-1}
+PREFAULT_MB=${PREFAULT_MB:-8192}
 export BENCH IMAGES RESULTS
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -265,9 +266,14 @@ for fs in $FILESYSTEMS; do
     # On a fresh VM the first touch of guest memory is slow: the first
     # runs on tmpfs took 2-4x the system time of later ones, whichever tool
     # ran first. Touch PREFAULT_MB of it once, untimed.
-    log "tmpfs: touching ${PREFAULT_MB:-8192} MB once before measuring"
-    head -c "${PREFAULT_MB:-8192}M" /dev/zero > "$base/prefault"
-    rm -f "$base/prefault"
+    # Never more than the tmpfs has free, less 1 GB, or the write fails.
+    free_mb=$(df -Pm "$base" | awk 'NR == 2 {print $4}')
+    prefault=$((PREFAULT_MB < free_mb - 1024 ? PREFAULT_MB : free_mb - 1024))
+    if [ "$prefault" -gt 0 ]; then
+      log "tmpfs: touching $prefault MB once before measuring"
+      head -c "${prefault}M" /dev/zero > "$base/prefault"
+      rm -f "$base/prefault"
+    fi
   fi
   sync
   [ "$fs" = disk ] && sleep 5   # let the removal's writeback settle before measuring
