@@ -980,8 +980,8 @@ fn sync_finished(lines: &[String], start: usize) -> usize {
     let pid = lines[start].split_whitespace().next().unwrap_or_default();
     (start + 1..lines.len())
         .find(|&i| {
-            let mut words = lines[i].split_whitespace();
-            words.next() == Some(pid) && lines[i].contains("<... fsync resumed>")
+            lines[i].split_whitespace().next() == Some(pid)
+                && lines[i].contains("<... fsync resumed>")
         })
         .unwrap_or_else(|| panic!("fsync on line {start} never returns"))
 }
