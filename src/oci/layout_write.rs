@@ -77,15 +77,40 @@ pub struct LayoutWriter {
     syncs: Arc<BlobSyncs>,
 }
 
-/// Blob fsyncs under way, each on a thread of its own: started when a
-/// blob is renamed into place, waited for before `index.json` names it.
+/// Blob fsyncs running at once. A writer that starts one more first waits
+/// for the oldest, so an image with many layers does not start a thread
+/// per layer; four keep the download from waiting on a disk that keeps up.
+const SYNC_THREADS: usize = 4;
+
+/// One blob fsync on its thread: the blob's path, for the error.
+type BlobSync = (PathBuf, JoinHandle<io::Result<()>>);
+
+/// Blob fsyncs under way, each on a thread of its own (at most
+/// [`SYNC_THREADS`]): started when a blob is renamed into place, waited for
+/// before `index.json` names it.
 #[derive(Debug, Default)]
-struct BlobSyncs(Mutex<Vec<(PathBuf, JoinHandle<io::Result<()>>)>>);
+struct BlobSyncs(Mutex<Syncs>);
+
+#[derive(Debug, Default)]
+struct Syncs {
+    running: std::collections::VecDeque<BlobSync>,
+    /// The first failure of an fsync already waited for, naming its blob.
+    failure: Option<OciError>,
+}
 
 impl BlobSyncs {
     /// Fsyncs `file`, the blob now at `path`, in the background (or here,
-    /// if no thread can be started).
+    /// if no thread can be started), once fewer than [`SYNC_THREADS`] run.
     fn start(&self, path: PathBuf, file: File) -> Result<(), OciError> {
+        let oldest = {
+            let mut syncs = self.lock();
+            (syncs.running.len() >= SYNC_THREADS)
+                .then(|| syncs.running.pop_front())
+                .flatten()
+        };
+        if let Some(Err(e)) = oldest.map(joined) {
+            self.lock().failure.get_or_insert(e);
+        }
         let file = Arc::new(file);
         let syncing = Arc::clone(&file);
         match std::thread::Builder::new()
@@ -93,10 +118,7 @@ impl BlobSyncs {
             .spawn(move || syncing.sync_all())
         {
             Ok(handle) => {
-                self.0
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push((path, handle));
+                self.lock().running.push_back((path, handle));
                 Ok(())
             }
             Err(_) => {
@@ -110,20 +132,34 @@ impl BlobSyncs {
     /// Waits for every fsync started so far; the first failure, naming
     /// its blob, is the error.
     fn wait(&self) -> Result<(), OciError> {
-        let pending = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
-        let mut failure = None;
-        for (path, handle) in pending {
-            let synced = handle
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("the fsync thread panicked")));
-            match synced {
-                Ok(()) => note(format!("sync blob {}", file_name(&path))),
-                Err(e) => {
-                    failure.get_or_insert(io_err("sync blob", &path, e));
-                }
+        let (running, mut failure) = {
+            let mut syncs = self.lock();
+            (std::mem::take(&mut syncs.running), syncs.failure.take())
+        };
+        for sync in running {
+            if let Err(e) = joined(sync) {
+                failure.get_or_insert(e);
             }
         }
         failure.map_or(Ok(()), Err)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Syncs> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Waits for one fsync; its failure names the blob.
+fn joined((path, handle): BlobSync) -> Result<(), OciError> {
+    let synced = handle
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the fsync thread panicked")));
+    match synced {
+        Ok(()) => {
+            note(format!("sync blob {}", file_name(&path)));
+            Ok(())
+        }
+        Err(e) => Err(io_err("sync blob", &path, e)),
     }
 }
 
@@ -884,6 +920,29 @@ mod tests {
                 format!("sync dir {}", file_name(dir.path())),
             ]
         );
+    }
+
+    #[test]
+    fn blob_fsync_threads_are_bounded_and_all_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = LayoutWriter::create(dir.path()).unwrap();
+        EVENTS.with(|e| e.borrow_mut().clear());
+        let blobs: Vec<Vec<u8>> = (0..3 * SYNC_THREADS).map(|i| vec![i as u8; 64]).collect();
+        for blob in &blobs {
+            w.put_blob(&Digest::sha256_of(blob), blob).unwrap();
+            assert!(w.syncs.lock().running.len() <= SYNC_THREADS);
+        }
+        w.set_ref("a", &target(&blobs[0])).unwrap();
+        let events = EVENTS.with(|e| e.borrow().clone());
+        let dir_sync = events.iter().position(|e| e == "sync dir sha256").unwrap();
+        for blob in &blobs {
+            let synced = format!("sync blob {}", Digest::sha256_of(blob).hex());
+            let at = events.iter().position(|e| *e == synced);
+            assert!(
+                at.is_some_and(|at| at < dir_sync),
+                "{synced} before the dir sync"
+            );
+        }
     }
 
     #[test]
