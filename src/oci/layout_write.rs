@@ -40,11 +40,12 @@
 //! not alive *and* its `flock` (held by every live writer) can be taken,
 //! never by age.
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use rustix::fs::FlockOperation;
@@ -93,7 +94,7 @@ struct BlobSyncs(Mutex<Syncs>);
 
 #[derive(Debug, Default)]
 struct Syncs {
-    running: std::collections::VecDeque<BlobSync>,
+    running: VecDeque<BlobSync>,
     /// The first failure of an fsync already waited for, naming its blob.
     failure: Option<OciError>,
 }
@@ -104,9 +105,11 @@ impl BlobSyncs {
     fn start(&self, path: PathBuf, file: File) -> Result<(), OciError> {
         let oldest = {
             let mut syncs = self.lock();
-            (syncs.running.len() >= SYNC_THREADS)
-                .then(|| syncs.running.pop_front())
-                .flatten()
+            if syncs.running.len() < SYNC_THREADS {
+                None
+            } else {
+                syncs.running.pop_front()
+            }
         };
         if let Some(Err(e)) = oldest.map(joined) {
             self.lock().failure.get_or_insert(e);
@@ -121,11 +124,7 @@ impl BlobSyncs {
                 self.lock().running.push_back((path, handle));
                 Ok(())
             }
-            Err(_) => {
-                file.sync_all().map_err(|e| io_err("sync blob", &path, e))?;
-                note(format!("sync blob {}", file_name(&path)));
-                Ok(())
-            }
+            Err(_) => synced(&path, file.sync_all()),
         }
     }
 
@@ -144,23 +143,24 @@ impl BlobSyncs {
         failure.map_or(Ok(()), Err)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Syncs> {
+    fn lock(&self) -> MutexGuard<'_, Syncs> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// Waits for one fsync; its failure names the blob.
+/// Waits for one fsync thread.
 fn joined((path, handle): BlobSync) -> Result<(), OciError> {
-    let synced = handle
+    let result = handle
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("the fsync thread panicked")));
-    match synced {
-        Ok(()) => {
-            note(format!("sync blob {}", file_name(&path)));
-            Ok(())
-        }
-        Err(e) => Err(io_err("sync blob", &path, e)),
-    }
+    synced(&path, result)
+}
+
+/// The outcome of the blob at `path`'s fsync; a failure names the blob.
+fn synced(path: &Path, result: io::Result<()>) -> Result<(), OciError> {
+    result.map_err(|e| io_err("sync blob", path, e))?;
+    note(format!("sync blob {}", file_name(path)));
+    Ok(())
 }
 
 /// The descriptor `index.json` gets for a ref: what the ref points at.
